@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# rdma-lease's one entry point. `./build.sh help` lists the verbs.
+set -euo pipefail
+RL_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+RL_LIB_DIR=$RL_REPO/tools/vm
+# shellcheck source=tools/vm/lib.sh
+source "$RL_LIB_DIR/lib.sh"
+
+CONFIG=${CONFIGURATION:-Release}
+TESTS_DLL=$RL_REPO/artifacts/bin/RdmaLease.Tests/${CONFIG,,}/RdmaLease.Tests.dll
+GUEST_TIMEOUT=${RDMA_LEASE_GUEST_TIMEOUT:-1800}
+
+# Host packages the harness needs, by the command (or file) that proves each is there.
+HOST_PACKAGES=(
+    "qemu-system-x86_64:qemu-system-x86" "qemu-img:qemu-utils" "debootstrap:debootstrap"
+    "/bin/busybox:busybox-static" "depmod:kmod" "cpio:cpio" "xz:xz-utils" "cc:gcc"
+    "/usr/lib/llvm-16/lib/libclang.so.1:libclang1-16"
+)
+
+usage() {
+    cat <<EOT
+usage: ./build.sh VERB [ARGS]
+
+  demo            set up (first run only), build, boot a guest and run the demo
+  test            set up, build, run the host tests and the guest tests; prints
+                  'N passed, N failed, N skipped' and fails if any failed or the guest tests did not run
+  setup           install host packages, fetch the guest kernel, rdma-core headers and the guest root (cached)
+  build           build the native shim and the .NET solution ($CONFIG; CONFIGURATION=Debug to change)
+  vm [--timeout S] -- CMD...
+                  boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository)
+  bindings        regenerate src/Verbs/Interop/Generated from rdma-core's headers
+  help            this text
+
+Cache: $RL_CACHE (RDMA_LEASE_CACHE to move it). Guest kernel: newest linux-image-amd64 of
+'$RL_KERNEL_SUITES' (RDMA_LEASE_KERNEL=ABI to pin one; at least $RL_MIN_KERNEL).
+EOT
+}
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || rl_die "$1 needs root (apt-get, debootstrap). Run as root, or have an administrator run './build.sh setup' once."
+}
+
+install_host_packages() {
+    local entry missing=()
+    for entry in "${HOST_PACKAGES[@]}"; do
+        local probe=${entry%%:*} pkg=${entry#*:}
+        if [[ $probe == /* ]]; then [ -e "$probe" ] || missing+=("$pkg")
+        else command -v "$probe" >/dev/null || missing+=("$pkg"); fi
+    done
+    [ ${#missing[@]} -eq 0 ] && { rl_log "host packages: all present"; return 0; }
+    need_root "installing ${missing[*]}"
+    rl_log "host packages: installing ${missing[*]}"
+    apt-get -q update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+}
+
+setup() {
+    command -v dotnet >/dev/null || rl_die "the .NET SDK (dotnet) is not on PATH; rdma-lease needs .NET 10"
+    rl_stage host-packages install_host_packages
+    mkdir -p "$RL_CACHE"
+    rl_stage apt-lists rl_private_apt_update
+    local abi; abi=$(rl_kernel_abi) || rl_die "cannot choose a guest kernel"
+    rl_stage "kernel($abi)" rl_fetch_kernel "$abi"
+    echo "$abi" > "$RL_CACHE/kernel/current"
+    rl_stage rdma-headers rl_fetch_rdma_headers >/dev/null
+    rl_fetch_rdma_headers > "$RL_CACHE/rdma-core/current"
+    [ -f "$RL_CACHE/rootfs-$RL_GUEST_SUITE/.complete" ] || need_root "making the guest root with debootstrap"
+    rl_stage guest-root rl_make_rootfs
+    rl_stage initramfs rl_make_initramfs "$abi"
+}
+
+rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-core headers not fetched: run ./build.sh setup"; }
+
+build() {
+    rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$(rdma_headers)"
+    rl_stage dotnet dotnet build "$RL_REPO/rdma-lease.sln" -c "$CONFIG" -nologo -clp:ErrorsOnly -v:q
+}
+
+# run_tests WHERE FILTER RESULTS: run the test executable with an NUnit category filter.
+test_args() {
+    echo "exec $TESTS_DLL --no-progress --no-ansi --report-trx --report-trx-filename $1.trx --results-directory $2 --filter $3"
+}
+
+# trx_counts FILE: "passed failed skipped" from a TRX file's <Counters>.
+trx_counts() {
+    local f=$1
+    [ -f "$f" ] || { echo "0 0 0"; return; }
+    local c; c=$(grep -o '<Counters [^>]*>' "$f" | head -n 1)
+    attr() { sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p" <<<"$c"; }
+    echo "$(attr passed) $(( $(attr failed) + $(attr error) + $(attr timeout) + $(attr aborted) )) $(attr notExecuted)"
+}
+
+test_all() {
+    setup
+    build
+    local results=$RL_REPO/artifacts/test-results
+    rm -rf "$results"; mkdir -p "$results/host" "$results/guest"
+    rl_log "host tests"
+    local host_rc=0 guest_rc=0
+    # shellcheck disable=SC2046
+    dotnet $(test_args host "$results/host" 'TestCategory!=Guest') || host_rc=$?
+    rl_log "guest tests"
+    run_guest --out "$results/guest" -- "dotnet $(test_args guest /mnt/out 'TestCategory=Guest') --minimum-expected-tests 1" || guest_rc=$?
+
+    read -r hp hf hs <<<"$(trx_counts "$results/host/host.trx")"
+    read -r gp gf gs <<<"$(trx_counts "$results/guest/guest.trx")"
+    echo "host:  $hp passed, $hf failed, $hs skipped (exit $host_rc)"
+    echo "guest: $gp passed, $gf failed, $gs skipped (exit $guest_rc)"
+    local failed=$((hf + gf)) why=()
+    [ -f "$results/guest/guest.trx" ] || why+=("the guest tests did not run")
+    [ "$((gp + gf))" -gt 0 ] || why+=("no guest test executed")
+    [ "$gs" -eq 0 ] || why+=("$gs guest tests were skipped; in the guest a skip is a failure")
+    [ "$hs" -eq 0 ] || why+=("$hs host tests were skipped")
+    [ "$host_rc" -eq 0 ] || why+=("the host test run exited $host_rc")
+    [ "$guest_rc" -eq 0 ] || why+=("the guest run exited $guest_rc")
+    echo "$((hp + gp)) passed, $failed failed, $((hs + gs)) skipped"
+    if [ ${#why[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${why[@]}" >&2; return 1; fi
+}
+
+# run_guest [rl_run_vm options] -- CMD: boot a guest, stream CMD's output while it runs.
+run_guest() {
+    local args=() out=""
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        [ "$1" = "--out" ] && out=$2
+        args+=("$1"); shift
+    done
+    shift || true
+    if [ -z "$out" ]; then out=$(mktemp -d /tmp/rdma-lease-vm.XXXXXX); args+=(--out "$out"); fi
+    mkdir -p "$out"; : > "$out/output.log"
+    tail -n +1 -F "$out/output.log" 2>/dev/null &
+    local tail_pid=$! rc=0
+    rl_run_vm --timeout "$GUEST_TIMEOUT" "${args[@]}" -- "$@" || rc=$?
+    sleep 0.3; kill "$tail_pid" 2>/dev/null; wait "$tail_pid" 2>/dev/null || true
+    return $rc
+}
+
+verb=${1:-help}; shift || true
+case $verb in
+    help|-h|--help) usage ;;
+    setup) setup ;;
+    build) build ;;
+    test) test_all ;;
+    demo) setup; build; run_guest -- "dotnet exec artifacts/bin/RdmaLease.Demo/${CONFIG,,}/RdmaLease.Demo.dll" ;;
+    vm) [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm -- CMD..."; setup >/dev/null; run_guest -- "$@" ;;
+    bindings) "$RL_REPO/tools/BindingsGenerator/generate.sh" "$(rdma_headers)" ;;
+    *) usage >&2; rl_die "unknown verb '$verb'" ;;
+esac

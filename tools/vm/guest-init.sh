@@ -1,0 +1,99 @@
+#!/bin/bash
+# PID 1 inside the guest (Debian trixie root, read-only over 9p). Prepares what the guest
+# tests build on, runs the command the host left in /mnt/out/command, reports its exit
+# status in /mnt/out/exit-status and powers off. Every stage prints its duration.
+#
+# What the tests can rely on afterwards:
+#   rxelo             soft-RoCE on lo (GID index 1 = ::ffff:127.0.0.1)
+#   rxe0 / rxe1       soft-RoCE on a veth pair veth0 (192.0.2.1) <-> veth1 (192.0.2.2, netns "peer")
+#   /mnt/xfs          XFS on /dev/pmem0, mounted -o dax=always
+#   /mnt/ext4         ext4 on /dev/pmem1, mounted -o dax=always
+#   /mnt/tmpfs        an ordinary tmpfs (no DAX)
+#   /proc/sys/fs/lease-break-time   RDMA_LEASE_BREAK_TIME seconds (printed)
+set -u
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+T0=$(date +%s%N)
+say() { echo "guest-init: $*"; }
+stage() { # stage NAME CMD...: run and time one step; a failing step ends the run.
+    local n=$1 t=$(date +%s%N); shift
+    if ! "$@"; then say "stage $n FAILED"; finish 126; fi
+    say "stage $n: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+}
+finish() {
+    echo "$1" > /mnt/out/exit-status
+    sync
+    say "exit status $1, total $(( ($(date +%s%N) - T0) / 1000000 )) ms"
+    echo o > /proc/sysrq-trigger 2>/dev/null   # power off at once; nothing to unmount cleanly
+    poweroff -f
+}
+
+mounts() {
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
+    mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
+    for d in /tmp /run /var/tmp /var/log /root; do mount -t tmpfs tmpfs "$d"; done
+    local ro=trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro
+    mount -t 9p -o "$ro" dotnet /mnt/dotnet &&
+    mount -t 9p -o "$ro" kernel /mnt/kernel &&
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none out /mnt/out &&
+    mount --bind /mnt/kernel/usr/lib/modules /usr/lib/modules
+}
+
+modules() {
+    # -C /dev/null: ndctl's modprobe.d hook for libnvdimm would make nfit/nd_pmem fail.
+    local m
+    for m in rdma_rxe ib_uverbs veth nfit nd_pmem dax_pmem xfs ext4; do
+        modprobe -C /dev/null "$m" || { say "modprobe $m failed"; return 1; }
+    done
+}
+
+soft_roce() {
+    ip link set lo up &&
+    rdma link add rxelo type rxe netdev lo &&
+    ip netns add peer &&
+    ip link add veth0 type veth peer name veth1 &&
+    ip link set veth1 netns peer &&
+    ip addr add 192.0.2.1/24 dev veth0 && ip link set veth0 up &&
+    ip -n peer addr add 192.0.2.2/24 dev veth1 && ip -n peer link set veth1 up && ip -n peer link set lo up &&
+    rdma link add rxe0 type rxe netdev veth0 &&
+    ip netns exec peer rdma link add rxe1 type rxe netdev veth1 &&
+    rdma link show
+}
+
+pmem() {
+    ndctl create-namespace -f -e namespace0.0 -m fsdax >/dev/null &&
+    ndctl create-namespace -f -e namespace1.0 -m fsdax >/dev/null &&
+    udevadm settle 2>/dev/null; for i in $(seq 50); do [ -b /dev/pmem1 ] && break; sleep 0.1; done
+    # The 1 GiB NVDIMM is the XFS one; which region enumerates first is not fixed.
+    local big small
+    if [ "$(blockdev --getsize64 /dev/pmem0)" -gt "$(blockdev --getsize64 /dev/pmem1)" ]; then big=pmem0 small=pmem1; else big=pmem1 small=pmem0; fi
+    mkfs.xfs -q -f /dev/$big && mount -o dax=always /dev/$big /mnt/xfs &&
+    mkfs.ext4 -q -F -b 4096 /dev/$small && mount -o dax=always /dev/$small /mnt/ext4 &&
+    mount -t tmpfs -o size=256M tmpfs /mnt/tmpfs &&
+    chmod 1777 /mnt/xfs /mnt/ext4 /mnt/tmpfs &&
+    say "xfs on /dev/$big, ext4 on /dev/$small"
+}
+
+leases() {
+    echo "${RDMA_LEASE_BREAK_TIME:-5}" > /proc/sys/fs/lease-break-time &&
+    say "lease-break-time = $(cat /proc/sys/fs/lease-break-time) s"
+}
+
+stage mounts mounts
+say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2/1024 " MiB"}' /proc/meminfo)"
+stage modules modules
+stage soft-roce soft_roce
+stage pmem pmem
+stage leases leases
+
+export HOME=/root DOTNET_ROOT=/mnt/dotnet PATH=/mnt/dotnet:$PATH \
+       DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 \
+       RDMA_LEASE_GUEST=1 TERM=dumb
+cd /mnt/repo
+say "running: $(cat /mnt/out/command)"
+t=$(date +%s%N)
+bash -c "$(cat /mnt/out/command)" > /mnt/out/output.log 2>&1 < /dev/null
+rc=$?
+say "command: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+finish $rc
