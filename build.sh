@@ -7,7 +7,8 @@ RL_LIB_DIR=$RL_REPO/tools/vm
 source "$RL_LIB_DIR/lib.sh"
 
 CONFIG=${CONFIGURATION:-Release}
-TESTS_DLL=$RL_REPO/artifacts/bin/RdmaLease.Tests/${CONFIG,,}/RdmaLease.Tests.dll
+# Relative to the repository: the guest sees it at /mnt/repo (its working directory).
+TESTS_DLL=artifacts/bin/RdmaLease.Tests/${CONFIG,,}/RdmaLease.Tests.dll
 GUEST_TIMEOUT=${RDMA_LEASE_GUEST_TIMEOUT:-1800}
 
 # Host packages the harness needs, by the command (or file) that proves each is there.
@@ -75,9 +76,9 @@ build() {
     rl_stage dotnet dotnet build "$RL_REPO/rdma-lease.sln" -c "$CONFIG" -nologo -clp:ErrorsOnly -v:q
 }
 
-# run_tests WHERE FILTER RESULTS: run the test executable with an NUnit category filter.
+# test_args NAME RESULTS FILTER: dotnet arguments that run the tests matching an NUnit category filter.
 test_args() {
-    echo "exec $TESTS_DLL --no-progress --no-ansi --report-trx --report-trx-filename $1.trx --results-directory $2 --filter $3"
+    echo "exec $TESTS_DLL --progress off --no-ansi --report-trx --report-trx-filename $1.trx --results-directory $2 --filter $3"
 }
 
 # trx_counts FILE: "passed failed skipped" from a TRX file's <Counters>.
@@ -97,7 +98,7 @@ test_all() {
     rl_log "host tests"
     local host_rc=0 guest_rc=0
     # shellcheck disable=SC2046
-    dotnet $(test_args host "$results/host" 'TestCategory!=Guest') || host_rc=$?
+    (cd "$RL_REPO" && dotnet $(test_args host "$results/host" 'TestCategory!=Guest')) || host_rc=$?
     rl_log "guest tests"
     run_guest --out "$results/guest" -- "dotnet $(test_args guest /mnt/out 'TestCategory=Guest') --minimum-expected-tests 1" || guest_rc=$?
 

@@ -24,7 +24,7 @@ finish() {
     sync
     say "exit status $1, total $(( ($(date +%s%N) - T0) / 1000000 )) ms"
     echo o > /proc/sysrq-trigger 2>/dev/null   # power off at once; nothing to unmount cleanly
-    poweroff -f
+    busybox poweroff -f
 }
 
 mounts() {
