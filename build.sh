@@ -73,6 +73,7 @@ rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-c
 
 build() {
     rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$(rdma_headers)"
+    rl_stage repro make -s -C "$RL_REPO/tools/repro" RDMA_CORE="$(rdma_headers)" GUEST_ROOT="$RL_CACHE/rootfs-$RL_GUEST_SUITE"
     rl_stage dotnet dotnet build "$RL_REPO/rdma-lease.sln" -c "$CONFIG" -nologo -clp:ErrorsOnly -v:q
 }
 
