@@ -1,0 +1,49 @@
+using RdmaLease.Interop;
+
+namespace RdmaLease.Verbs.Internal;
+
+/// <summary>Reads a device's async events on the shared event thread and raises them.</summary>
+internal sealed unsafe class AsyncEventReader : IDisposable
+{
+    readonly Device _device;
+    readonly int _fd;
+    public EventHandler<AsyncEvent>? Handlers;
+
+    public AsyncEventReader(Device device)
+    {
+        _device = device;
+        _fd = device.Context->async_fd;
+        EventLoop.Shared.Register(_fd, OnReadable);
+    }
+
+    void OnReadable()
+    {
+        var handle = _device.HandleForChildren;
+        nint ctx = handle.Enter();
+        try
+        {
+            ibv_async_event e;
+            // The fd is non-blocking: returns -1 (EAGAIN) once the queue is empty.
+            while (libibverbs.ibv_get_async_event((ibv_context*)ctx, &e) == 0)
+            {
+                var type = (AsyncEventType)e.event_type;
+                int port = type is AsyncEventType.PortActive or AsyncEventType.PortError or AsyncEventType.LidChange
+                    or AsyncEventType.PkeyChange or AsyncEventType.GidChange or AsyncEventType.SmChange or AsyncEventType.ClientReregister
+                    ? e.element.port_num : 0;
+                uint qpn = type is AsyncEventType.QpFatal or AsyncEventType.QpRequestError or AsyncEventType.QpAccessError
+                    or AsyncEventType.CommunicationEstablished or AsyncEventType.SendQueueDrained or AsyncEventType.QpLastWqeReached
+                    or AsyncEventType.PathMigrated or AsyncEventType.PathMigrationError
+                    ? e.element.qp->qp_num : 0;
+                libibverbs.ibv_ack_async_event(&e);
+                Handlers?.Invoke(_device, new AsyncEvent(type, port, qpn));
+            }
+        }
+        finally
+        {
+            handle.Exit();
+        }
+        EventLoop.Shared.Rearm(_fd);
+    }
+
+    public void Dispose() => EventLoop.Shared.Unregister(_fd);
+}

@@ -1,0 +1,202 @@
+using System.Runtime.InteropServices;
+using RdmaLease.Interop;
+using RdmaLease.Verbs.Internal;
+
+namespace RdmaLease.Verbs;
+
+/// <summary>
+/// A registered memory region (<c>ibv_mr</c>): its <see cref="LocalKey"/> lets this process's
+/// work requests use the memory, its <see cref="RemoteKey"/> lets peers reach it, as far as
+/// <see cref="Access"/> allows. Disposing it deregisters it; afterwards no work request can use it.
+/// </summary>
+/// <remarks>Thread-safe. A region can be revoked (for example when the lease on a file under it
+/// breaks): from then on, posting a work request that names it throws the revocation's exception.</remarks>
+public unsafe class MemoryRegion : VerbsObject
+{
+    /// <summary>The domain the region was registered in.</summary>
+    public ProtectionDomain ProtectionDomain { get; }
+    /// <summary>First byte of the registered range in this process.</summary>
+    public nint Address { get; }
+    /// <summary>Length in bytes.</summary>
+    public nuint Length { get; }
+    /// <summary>The address peers use for <see cref="Address"/> (usually the same).</summary>
+    public ulong Iova { get; }
+    /// <summary>Access rights the region was registered with.</summary>
+    public AccessFlags Access { get; }
+    /// <summary>The lkey, for local scatter/gather entries.</summary>
+    public uint LocalKey { get; }
+    /// <summary>The rkey, for peers' RDMA operations (only meaningful with a remote access flag).</summary>
+    public uint RemoteKey { get; }
+    /// <summary>True for an On-Demand-Paging region (no pages pinned).</summary>
+    public bool IsOnDemand => (Access & AccessFlags.OnDemand) != 0;
+
+    Exception? _revoked;
+
+    internal MemoryRegion(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory)
+        : base(RegisterNative(pd, address, length, access, iova, ownsMemory, out ibv_mr* mr), pd)
+    {
+        ProtectionDomain = pd;
+        Address = (nint)address;
+        Length = length;
+        Iova = iova;
+        Access = access;
+        LocalKey = mr->lkey;
+        RemoteKey = mr->rkey;
+    }
+
+    static NativeHandle RegisterNative(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory, out ibv_mr* mr)
+    {
+        if ((access & (AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 && (access & AccessFlags.LocalWrite) == 0)
+            throw new ArgumentException($"{access}: remote write and remote atomic access need LocalWrite too (the verbs API requires it).", nameof(access));
+        NativeHandle parent = pd.HandleForChildren;
+        nint p = parent.Enter();
+        try
+        {
+            mr = libibverbs.ibv_reg_mr_iova2((ibv_pd*)p, address, length, iova, (uint)access);
+            if (mr == null)
+            {
+                if (ownsMemory)
+                    NativeMemory.AlignedFree(address);
+                int errno = Marshal.GetLastPInvokeError();
+                throw new VerbsException("ibv_reg_mr", $"{length} bytes at 0x{(nint)address:x} ({access}) in {pd}", errno, Hint(errno, access));
+            }
+            var handle = new NativeHandle((nint)mr, &Deregister, $"memory region 0x{(nint)address:x}+{length}", parent);
+            if (ownsMemory)
+                handle.FreeAfterDestroy = (nint)address;
+            return handle;
+        }
+        finally
+        {
+            parent.Exit();
+        }
+    }
+
+    static string? Hint(int errno, AccessFlags access) => errno switch
+    {
+        Errno.EOPNOTSUPP when (access & AccessFlags.OnDemand) == 0 =>
+            "The kernel refuses to pin this memory; FS-DAX file mappings cannot be pinned. Register it with AccessFlags.OnDemand on a device with ODP support.",
+        Errno.EOPNOTSUPP or Errno.EINVAL when (access & AccessFlags.OnDemand) != 0 =>
+            "The device may not support On-Demand Paging for this access (see Device.Attributes.Odp).",
+        Errno.EINVAL when (access & AccessFlags.FlushPersistent) != 0 =>
+            "FlushPersistent needs persistent memory (an FS-DAX mapping).",
+        Errno.ENOMEM => "Pinned memory is limited by RLIMIT_MEMLOCK (ulimit -l).",
+        Errno.EFAULT => "The range is not mapped in this process.",
+        _ => null,
+    };
+
+    static int Deregister(nint mr) => libibverbs.ibv_dereg_mr((ibv_mr*)mr);
+
+    /// <summary>
+    /// Revokes the region: every later post that names it throws <paramref name="reason"/>
+    /// (rethrown as is). Deregistration still happens on <see cref="VerbsObject.Dispose()"/>.
+    /// </summary>
+    public void Revoke(Exception reason)
+    {
+        ArgumentNullException.ThrowIfNull(reason);
+        Interlocked.CompareExchange(ref _revoked, reason, null);
+    }
+
+    /// <summary>The exception posts will throw, once revoked; else null.</summary>
+    public Exception? Revocation => Volatile.Read(ref _revoked);
+
+    /// <summary>Takes a reference for a post; throws if revoked or disposed.</summary>
+    internal void EnterForPost()
+    {
+        if (Volatile.Read(ref _revoked) is { } reason)
+            throw reason;
+        Handle.Enter();
+    }
+
+    internal void ExitForPost() => Handle.Exit();
+
+    /// <summary>Checks that [offset, offset+length) lies inside the region.</summary>
+    internal void CheckRange(ulong offset, ulong length)
+    {
+        if (offset > Length || length > Length - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + length}) is outside {this} (length {Length}).");
+    }
+
+    /// <summary>
+    /// Prefetches (faults in) part of an ODP region so the first RDMA access does not page-fault
+    /// (<c>ibv_advise_mr</c>). Returns false where the provider has no prefetch (EOPNOTSUPP).
+    /// </summary>
+    /// <param name="offset">Start, in bytes from <see cref="Address"/>.</param>
+    /// <param name="length">Bytes.</param>
+    /// <param name="forWrite">Prefetch for writing (pages made writable).</param>
+    public bool Prefetch(ulong offset, uint length, bool forWrite)
+    {
+        if (!IsOnDemand)
+            throw new InvalidOperationException($"{this} is not an ODP region; only ODP regions can be prefetched.");
+        CheckRange(offset, length);
+        var sge = new ibv_sge { addr = (ulong)Address + offset, length = length, lkey = LocalKey };
+        NativeHandle pd = ProtectionDomain.HandleForChildren;
+        nint p = pd.Enter();
+        EnterForPost();
+        try
+        {
+            const int PrefetchRead = 0, PrefetchWrite = 1;   // IBV_ADVISE_MR_ADVICE_PREFETCH(_WRITE)
+            const uint FlagFlush = 1;                        // IBV_ADVISE_MR_FLAG_FLUSH: wait until done
+            int rc = RdmaLeaseNative.AdviseMr((ibv_pd*)p, forWrite ? PrefetchWrite : PrefetchRead, FlagFlush, &sge, 1);
+            if (rc == Errno.EOPNOTSUPP)
+                return false;
+            if (rc != 0)
+                throw new VerbsException("ibv_advise_mr", ToString(), rc);
+            return true;
+        }
+        finally
+        {
+            ExitForPost();
+            pd.Exit();
+        }
+    }
+
+    /// <summary>A local scatter/gather segment of this region.</summary>
+    public LocalSegment Slice(ulong offset, uint length)
+    {
+        CheckRange(offset, length);
+        return new LocalSegment(this, offset, length);
+    }
+
+    /// <summary>The whole region as a local segment.</summary>
+    public LocalSegment All => new(this, 0, checked((uint)Length));
+
+    /// <summary>What a peer needs to reach this region: address (IOVA), length and rkey.</summary>
+    public RemoteRegion ToRemote() => new(Iova, Length, RemoteKey);
+
+    /// <inheritdoc/>
+    public override string ToString() => $"memory region 0x{Address:x}+{Length} (lkey 0x{LocalKey:x}) on {ProtectionDomain.Device.Name}";
+}
+
+/// <summary>
+/// Memory the library allocated (page-aligned, zeroed) and registered; freed after deregistration.
+/// </summary>
+public sealed unsafe class RegisteredBuffer : MemoryRegion
+{
+    internal RegisteredBuffer(ProtectionDomain pd, int length, AccessFlags access)
+        : this(pd, Allocate(length, out nuint size), size, access)
+    {
+    }
+
+    RegisteredBuffer(ProtectionDomain pd, void* memory, nuint size, AccessFlags access)
+        : base(pd, memory, size, access, (ulong)memory, ownsMemory: true)
+    {
+    }
+
+    static void* Allocate(int length, out nuint size)
+    {
+        size = ((nuint)length + (nuint)Environment.SystemPageSize - 1) & ~((nuint)Environment.SystemPageSize - 1);
+        void* p = NativeMemory.AlignedAlloc(size, (nuint)Environment.SystemPageSize);
+        NativeMemory.Clear(p, size);
+        return p;
+    }
+
+    /// <summary>The buffer's bytes. Valid until the buffer is disposed.</summary>
+    public Span<byte> Span
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(IsDisposed, this);
+            return new Span<byte>((void*)Address, checked((int)Length));
+        }
+    }
+}

@@ -1,0 +1,59 @@
+namespace RdmaLease.Verbs;
+
+/// <summary>
+/// A range of a local memory region used as a work request's data: the scatter/gather
+/// entry (address, length, lkey) of a post. Keeps the region so posting can check it is
+/// still registered.
+/// </summary>
+/// <param name="Region">The registered region.</param>
+/// <param name="Offset">Offset of the first byte from the region's start.</param>
+/// <param name="Length">Bytes.</param>
+public readonly record struct LocalSegment(MemoryRegion Region, ulong Offset, uint Length)
+{
+    /// <summary>The address of the first byte in this process.</summary>
+    public ulong Address => (ulong)Region.Address + Offset;
+}
+
+/// <summary>
+/// What a peer needs to reach one of our regions (or we one of theirs): the address peers use
+/// (IOVA), the length and the rkey, plus the largest transfer one work request may move into or
+/// out of it (0: no limit) so that both sides split transfers the device cannot move correctly
+/// (see docs/known-defects.md).
+/// </summary>
+/// <param name="Address">The region's first byte as the peer addresses it.</param>
+/// <param name="Length">Bytes.</param>
+/// <param name="RemoteKey">The rkey.</param>
+/// <param name="MaxTransferPerRequest">Largest safe transfer per work request, 0 when unlimited.</param>
+public readonly record struct RemoteRegion(ulong Address, ulong Length, uint RemoteKey, uint MaxTransferPerRequest = 0)
+{
+    /// <summary>Size of <see cref="WriteTo"/>'s encoding.</summary>
+    public const int EncodedLength = 24;
+
+    /// <summary>Writes the region in a fixed little-endian layout, for out-of-band exchange.</summary>
+    public void WriteTo(Span<byte> destination)
+    {
+        if (destination.Length < EncodedLength)
+            throw new ArgumentException($"needs {EncodedLength} bytes", nameof(destination));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(destination, Address);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(destination[8..], Length);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[16..], RemoteKey);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[20..], MaxTransferPerRequest);
+    }
+
+    /// <summary>Reads what <see cref="WriteTo"/> wrote.</summary>
+    public static RemoteRegion ReadFrom(ReadOnlySpan<byte> source)
+    {
+        if (source.Length < EncodedLength)
+            throw new ArgumentException($"needs {EncodedLength} bytes, got {source.Length}", nameof(source));
+        return new(System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(source),
+            System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(source[8..]),
+            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[16..]),
+            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[20..]));
+    }
+
+    internal void CheckRange(ulong offset, ulong length)
+    {
+        if (offset > Length || length > Length - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + length}) is outside the remote region of {Length} bytes.");
+    }
+}

@@ -1,0 +1,69 @@
+using System.Runtime.InteropServices;
+using RdmaLease.Interop;
+using RdmaLease.Verbs.Internal;
+
+namespace RdmaLease.Verbs;
+
+/// <summary>
+/// A shared receive queue (<c>ibv_srq</c>): receive buffers posted once, consumed by whichever
+/// QP created with it receives next. Thread-safety as for <see cref="QueuePair"/>.
+/// </summary>
+public sealed unsafe class SharedReceiveQueue : VerbsObject
+{
+    /// <summary>The domain of the SRQ.</summary>
+    public ProtectionDomain ProtectionDomain { get; }
+
+    internal SharedReceiveQueue(ProtectionDomain pd, int maxWorkRequests, int maxScatterGather)
+        : base(Create(pd, maxWorkRequests, maxScatterGather), pd)
+    {
+        ProtectionDomain = pd;
+    }
+
+    static NativeHandle Create(ProtectionDomain pd, int maxWr, int maxSge)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxWr);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSge);
+        NativeHandle parent = pd.HandleForChildren;
+        nint p = parent.Enter();
+        try
+        {
+            var attr = new ibv_srq_init_attr();
+            attr.attr.max_wr = (uint)maxWr;
+            attr.attr.max_sge = (uint)maxSge;
+            ibv_srq* srq = libibverbs.ibv_create_srq((ibv_pd*)p, &attr);
+            if (srq == null)
+                throw new VerbsException("ibv_create_srq", $"SRQ of {maxWr} requests in {pd}", Marshal.GetLastPInvokeError());
+            return new NativeHandle((nint)srq, &Destroy, "SRQ on " + pd.Device.Name, parent);
+        }
+        finally
+        {
+            parent.Exit();
+        }
+    }
+
+    static int Destroy(nint srq) => libibverbs.ibv_destroy_srq((ibv_srq*)srq);
+
+    /// <summary>Posts a receive buffer to the shared queue.</summary>
+    public void PostReceive(ulong workRequestId, LocalSegment buffer)
+    {
+        var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
+        var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
+        buffer.Region.EnterForPost();
+        nint srq = Handle.Enter();
+        try
+        {
+            ibv_recv_wr* bad;
+            int rc = RdmaLeaseNative.PostSrqRecv((ibv_srq*)srq, &wr, &bad);
+            if (rc != 0)
+                throw new VerbsException("ibv_post_srq_recv", ToString(), rc);
+        }
+        finally
+        {
+            Handle.Exit();
+            buffer.Region.ExitForPost();
+        }
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => "SRQ on " + ProtectionDomain.Device.Name;
+}
