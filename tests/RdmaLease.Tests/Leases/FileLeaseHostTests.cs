@@ -210,6 +210,14 @@ public class FileLeaseHostTests
     }
 
     [Test]
+    public void BreakLatencyPhasesAreConsistent()
+    {
+        string table = BreakLatency.Measure(Path.GetTempPath(), ExpectedMechanism, iterations: 5);
+        TestContext.Out.WriteLine(BreakLatency.Header + table);
+        Assert.That(table.Split('\n', StringSplitOptions.RemoveEmptyEntries), Has.Length.EqualTo(5));
+    }
+
+    [Test]
     public void LeaseBreakTimeIsTheKernelSetting() =>
         Assert.That(FileLease.LeaseBreakTime,
             Is.EqualTo(TimeSpan.FromSeconds(int.Parse(File.ReadAllText("/proc/sys/fs/lease-break-time"), System.Globalization.CultureInfo.InvariantCulture))));
