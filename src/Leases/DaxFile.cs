@@ -321,6 +321,20 @@ public sealed unsafe class DaxFile : IDisposable
         }
     }
 
+    /// <summary>F_UNLCK on the descriptor, unless it has been closed already (closing released the lease).</summary>
+    internal void ReleaseKernelLease(bool delegation)
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+                return;
+            if (delegation)
+                _ = Interop.Fcntl.SetDeleg(_fd, LibC.F_UNLCK);
+            else
+                _ = Interop.Fcntl.SetLease(_fd, LibC.F_UNLCK);
+        }
+    }
+
     /// <summary>
     /// Takes the file's pages out of this process after a lease break: the range is atomically replaced by
     /// anonymous memory (MAP_FIXED), so a store racing with the break lands in scratch memory instead of faulting or

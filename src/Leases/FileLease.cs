@@ -34,8 +34,10 @@ public sealed class FileLease : IDisposable
     private readonly Lock _gate = new();
     private readonly CancellationTokenSource _broken = new();
     private readonly List<Teardown> _teardowns = [];
+    private readonly ManualResetEventSlim _ended = new(false);
     private readonly int _fd;
     private int _state;                      // 0 active, 1 revoking, 2 released
+    private int _endingThread;
     private long _signalTimestamp;
     private long _releasedTimestamp;
     private List<Exception>? _teardownErrors;
@@ -239,16 +241,33 @@ public sealed class FileLease : IDisposable
 
     private bool End(long breakSignal, int signalCode, int pendingType, long observed)
     {
-        Teardown[] teardowns;
+        Teardown[] teardowns = [];
+        bool mine = false, wait = false;
         lock (_gate)
         {
-            if (_state != 0)
-                return false;
-            _state = 1;
-            if (breakSignal != 0)
-                Interlocked.Exchange(ref _signalTimestamp, breakSignal);
-            teardowns = [.. _teardowns];
-            _teardowns.Clear();
+            if (_state == 0)
+            {
+                mine = true;
+                _state = 1;
+                _endingThread = Environment.CurrentManagedThreadId;
+                if (breakSignal != 0)
+                    Interlocked.Exchange(ref _signalTimestamp, breakSignal);
+                teardowns = [.. _teardowns];
+                _teardowns.Clear();
+            }
+            else
+            {
+                // Someone else is ending the lease. Wait until it is really released, so that a Dispose that follows
+                // never closes the descriptor under that thread, unless that someone is this very thread (a teardown
+                // callback calling Release or disposing the file).
+                wait = _state == 1 && _endingThread != Environment.CurrentManagedThreadId;
+            }
+        }
+        if (!mine)
+        {
+            if (wait)
+                _ended.Wait();
+            return false;
         }
 
         // 1. revoked (above); 2. teardown callbacks, last registered first.
@@ -267,16 +286,15 @@ public sealed class FileLease : IDisposable
         // 3. the mapping, on a break only: the file's pages leave this process.
         if (breakSignal != 0)
             File.RevokeMapping();
-        // 4. release: lets the breaking process continue.
-        if (Mechanism == LeaseMechanism.Delegation)
-            Interop.Fcntl.SetDeleg(_fd, LibC.F_UNLCK);
-        else
-            Interop.Fcntl.SetLease(_fd, LibC.F_UNLCK);
+        // 4. release: lets the breaking process continue. Under the file's lock, so the descriptor is still ours
+        //    (a file disposed by a teardown callback has closed it, which released the lease already).
+        File.ReleaseKernelLease(Mechanism == LeaseMechanism.Delegation);
         long released = Stopwatch.GetTimestamp();
         Interlocked.Exchange(ref _releasedTimestamp, released);
         LeaseSignals.Unregister(this);
         File.Detach(this);
         Volatile.Write(ref _state, 2);
+        _ended.Set();
 
         // 5. tell the application, off the watcher thread so a slow handler cannot delay other leases' breaks.
         if (breakSignal != 0)

@@ -162,6 +162,37 @@ public class FileLeaseHostTests
     }
 
     [Test]
+    public void DisposeWaitsForAReleaseInProgressOnAnotherThread()
+    {
+        var file = NewFile("race");
+        var lease = file.AcquireLease();
+        using var inTeardown = new ManualResetEventSlim();
+        lease.RegisterTeardown(_ =>
+        {
+            inTeardown.Set();
+            Thread.Sleep(300);
+        });
+        var releaser = new Thread(lease.Release);
+        releaser.Start();
+        Assert.That(inTeardown.Wait(TimeSpan.FromSeconds(30)), Is.True);
+        file.Dispose();   // must not close the descriptor while the other thread is still releasing
+        Assert.That(lease.ReleasedTimestamp, Is.Not.Zero, "Dispose returned before the release finished");
+        releaser.Join();
+    }
+
+    [Test]
+    public void ATeardownCallbackMayDisposeTheFile()
+    {
+        var file = NewFile("reentrant");
+        var lease = file.AcquireLease();
+        lease.RegisterTeardown(_ => file.Dispose());
+        var done = Task.Run(lease.Release);
+        Assert.That(done.Wait(TimeSpan.FromSeconds(30)), Is.True, "re-entrant release deadlocked");
+        Assert.That(lease.IsActive, Is.False);
+        Assert.That(file.IsMapped, Is.False);
+    }
+
+    [Test]
     public void TeardownErrorsAreCollectedAndDoNotStopTheRelease()
     {
         using var file = NewFile("errors");
