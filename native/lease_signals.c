@@ -1,0 +1,258 @@
+// Lease-break signal delivery and the fcntl commands for leases and delegations.
+// The handler is the only code here that runs in signal context: it uses nothing but
+// clock_gettime and write (both async-signal-safe), and keeps errno intact.
+#define _GNU_SOURCE
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rdmalease_leases.h"
+
+static_assert(RL_F_RDLCK == F_RDLCK, "F_RDLCK");
+static_assert(RL_F_WRLCK == F_WRLCK, "F_WRLCK");
+static_assert(RL_F_UNLCK == F_UNLCK, "F_UNLCK");
+static_assert(RL_F_SETLEASE == F_SETLEASE, "F_SETLEASE");
+static_assert(RL_F_GETLEASE == F_GETLEASE, "F_GETLEASE");
+static_assert(RL_POLL_MSG == POLL_MSG, "POLL_MSG");
+#ifdef F_SETDELEG
+static_assert(RL_F_SETDELEG == F_SETDELEG, "F_SETDELEG");
+static_assert(RL_F_GETDELEG == F_GETDELEG, "F_GETDELEG");
+#endif
+static_assert(RL_F_SETDELEG == RL_F_SETLEASE + 16 && RL_F_GETDELEG == RL_F_SETLEASE + 15, "F_LINUX_SPECIFIC_BASE + 15/16");
+
+// include/uapi/linux/fcntl.h (6.19): struct delegation { __u32 d_flags; __u16 d_type; __u16 __pad; }
+struct rl_delegation {
+    uint32_t d_flags;
+    uint16_t d_type;
+    uint16_t pad;
+};
+static_assert(sizeof(struct rl_delegation) == 8, "struct delegation size");
+static_assert(offsetof(struct rl_delegation, d_type) == 4, "struct delegation d_type");
+
+// Records must be written atomically to the pipe, and the reader relies on their size.
+static_assert(sizeof(RdmaLeaseSignalRecord) == 16, "record size");
+static_assert(sizeof(RdmaLeaseSignalRecord) <= PIPE_BUF, "record fits one atomic pipe write");
+
+static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
+static volatile sig_atomic_t s_signo;         // 0 until installed
+static int s_pipe[2] = { -1, -1 };
+static struct sigaction s_previous;           // the handler we chain to (when s_chain)
+static volatile sig_atomic_t s_chain;
+static volatile int s_dropped;                // updated with __atomic builtins
+
+static void lease_signal_handler(int signo, siginfo_t* info, void* context)
+{
+    int saved_errno = errno;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    RdmaLeaseSignalRecord record = {
+        .Fd = info != NULL ? info->si_fd : -1,
+        .Code = info != NULL ? info->si_code : 0,
+        .MonotonicNs = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec,
+    };
+    ssize_t n;
+    do {
+        n = write(s_pipe[1], &record, sizeof record);
+    } while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof record)
+        __atomic_add_fetch(&s_dropped, 1, __ATOMIC_RELAXED);   // pipe full (O_NONBLOCK): reader rescans
+
+    if (s_chain) {
+        if (s_previous.sa_flags & SA_SIGINFO)
+            s_previous.sa_sigaction(signo, info, context);
+        else if (s_previous.sa_handler != SIG_DFL && s_previous.sa_handler != SIG_IGN)
+            s_previous.sa_handler(signo);
+    }
+    errno = saved_errno;
+}
+
+static int is_foreign_handler(const struct sigaction* sa)
+{
+    if (sa->sa_flags & SA_SIGINFO)
+        return sa->sa_sigaction != NULL && sa->sa_sigaction != lease_signal_handler;
+    return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN;
+}
+
+int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int32_t* chainedPrevious)
+{
+    if (chainedPrevious != NULL)
+        *chainedPrevious = 0;
+    if (signo < SIGRTMIN || signo > SIGRTMAX || (flags & ~RL_LEASE_SIGNAL_CHAIN) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    pthread_mutex_lock(&s_lock);
+    int result = -1;
+    if (s_signo != 0) {
+        if (s_signo == signo) {
+            if (chainedPrevious != NULL)
+                *chainedPrevious = s_chain;
+            result = 0;
+        } else {
+            errno = EBUSY;
+        }
+        goto out;
+    }
+
+    struct sigaction previous;
+    if (sigaction(signo, NULL, &previous) != 0)
+        goto out;
+    int chain = is_foreign_handler(&previous);
+    if (chain && !(flags & RL_LEASE_SIGNAL_CHAIN)) {
+        errno = EBUSY;
+        goto out;
+    }
+
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        goto out;
+    int fl = fcntl(fds[1], F_GETFL);
+    if (fl < 0 || fcntl(fds[1], F_SETFL, fl | O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        errno = e;
+        goto out;
+    }
+    s_pipe[0] = fds[0];
+    s_pipe[1] = fds[1];
+    s_previous = previous;
+    s_chain = chain;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = lease_signal_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(signo, &sa, NULL) != 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        s_pipe[0] = s_pipe[1] = -1;
+        s_chain = 0;
+        errno = e;
+        goto out;
+    }
+    s_signo = signo;
+    if (chainedPrevious != NULL)
+        *chainedPrevious = chain;
+    result = 0;
+out:
+    pthread_mutex_unlock(&s_lock);
+    return result;
+}
+
+int32_t RdmaLeaseNative_LeaseSignalGetSignal(void)
+{
+    return s_signo;
+}
+
+int32_t RdmaLeaseNative_LeaseSignalGetPipe(void)
+{
+    return s_signo != 0 ? s_pipe[0] : -1;
+}
+
+int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t capacity)
+{
+    if (records == NULL || capacity <= 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = RdmaLeaseNative_LeaseSignalGetPipe();
+    if (fd < 0) {
+        errno = EBADF;
+        return -1;
+    }
+    size_t want = (size_t)capacity * sizeof *records, got = 0;
+    char* p = (char*)records;
+    for (;;) {
+        ssize_t n = read(fd, p + got, want - got);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            return (int32_t)(got / sizeof *records);   // end of file; a torn record cannot happen
+        got += (size_t)n;
+        // Each record is one atomic write, so a partial one only means the rest is in flight.
+        if (got % sizeof *records == 0)
+            return (int32_t)(got / sizeof *records);
+    }
+}
+
+int32_t RdmaLeaseNative_LeaseSignalTakeDropped(void)
+{
+    return __atomic_exchange_n(&s_dropped, 0, __ATOMIC_RELAXED);
+}
+
+static int32_t fcntl_int(int32_t fd, int cmd, int arg)
+{
+    int r;
+    do {
+        r = fcntl(fd, cmd, arg);
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+int32_t RdmaLeaseNative_FcntlSetSig(int32_t fd, int32_t signo)
+{
+    return fcntl_int(fd, F_SETSIG, signo) < 0 ? -1 : 0;
+}
+
+int32_t RdmaLeaseNative_FcntlSetOwn(int32_t fd, int32_t pid)
+{
+    return fcntl_int(fd, F_SETOWN, pid) < 0 ? -1 : 0;
+}
+
+int32_t RdmaLeaseNative_FcntlSetLease(int32_t fd, int32_t type)
+{
+    return fcntl_int(fd, RL_F_SETLEASE, type) < 0 ? -1 : 0;
+}
+
+int32_t RdmaLeaseNative_FcntlGetLease(int32_t fd)
+{
+    int r;
+    do {
+        r = fcntl(fd, RL_F_GETLEASE);
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+int32_t RdmaLeaseNative_FcntlSetDeleg(int32_t fd, int32_t type)
+{
+    struct rl_delegation deleg = { .d_flags = 0, .d_type = (uint16_t)type, .pad = 0 };
+    int r;
+    do {
+        r = fcntl(fd, RL_F_SETDELEG, &deleg);
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -1 : 0;
+}
+
+int32_t RdmaLeaseNative_FcntlGetDeleg(int32_t fd, int32_t* type)
+{
+    struct rl_delegation deleg = { .d_flags = 0, .d_type = RL_F_UNLCK, .pad = 0 };
+    int r;
+    do {
+        r = fcntl(fd, RL_F_GETDELEG, &deleg);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -1;
+    if (type != NULL)
+        *type = deleg.d_type;
+    return 0;
+}
+
+int64_t RdmaLeaseNative_GetMonotonicNs(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}

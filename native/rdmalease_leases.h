@@ -1,0 +1,111 @@
+// Lease, delegation and break-signal exports of librdmalease_native (the rdma-lease half of
+// issue #5). Same conventions as rdmalease_native.h: one export per operation, prefixed
+// RdmaLeaseNative_, fixed-width types, each documented with what it shims, what it returns
+// and whether it sets errno. Mirrored constants are static_assert'ed in lease_signals.c.
+#pragma once
+
+#include <stdint.h>
+#include "rdmalease_native.h"
+
+// Mirrors of kernel constants that libc headers may lack (checked where the headers have them).
+#define RL_F_RDLCK 0
+#define RL_F_WRLCK 1
+#define RL_F_UNLCK 2
+#define RL_F_SETLEASE 1024        // F_LINUX_SPECIFIC_BASE + 0
+#define RL_F_GETLEASE 1025        // F_LINUX_SPECIFIC_BASE + 1
+#define RL_F_GETDELEG 1039        // F_LINUX_SPECIFIC_BASE + 15 (Linux 6.19)
+#define RL_F_SETDELEG 1040        // F_LINUX_SPECIFIC_BASE + 16 (Linux 6.19)
+#define RL_POLL_MSG 3             // si_code of a lease-break signal (kill_fasync(..., POLL_MSG))
+
+// Flags for RdmaLeaseNative_LeaseSignalInstall.
+#define RL_LEASE_SIGNAL_CHAIN 1   // keep a handler someone else installed and call it after ours
+
+/** One lease-break signal as the handler saw it; written to the pipe as one atomic 16-byte record. */
+typedef struct RdmaLeaseSignalRecord {
+    int32_t Fd;                   // siginfo si_fd: the descriptor whose lease is being broken
+    int32_t Code;                 // siginfo si_code: RL_POLL_MSG for a kernel lease break
+    int64_t MonotonicNs;          // CLOCK_MONOTONIC when the handler ran
+} RdmaLeaseSignalRecord;
+
+/**
+ * Installs the process-wide SA_SIGINFO handler for `signo` (once; a second call with the same
+ * signal does nothing and succeeds) and creates the pipe it writes RdmaLeaseSignalRecords to.
+ * Must run before the first F_SETSIG with `signo`: an unhandled real-time signal kills the process.
+ * If another handler (not SIG_DFL/SIG_IGN) is already installed for `signo`, the call fails with
+ * EBUSY unless `flags` has RL_LEASE_SIGNAL_CHAIN, in which case that handler is kept and called
+ * after ours for every delivery; `*chainedPrevious` (may be NULL) is set to 1 then, 0 otherwise.
+ * Returns 0, or -1 with errno set (EINVAL: bad signal; EBUSY: a different signal is already
+ * installed, or a foreign handler without RL_LEASE_SIGNAL_CHAIN; pipe2/sigaction errors).
+ */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int32_t* chainedPrevious);
+
+/** The installed signal number, or 0 before RdmaLeaseNative_LeaseSignalInstall. Never sets errno. */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalGetSignal(void);
+
+/** The read end of the handler's pipe (O_CLOEXEC, blocking), or -1 when not installed. Never sets errno. */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalGetPipe(void);
+
+/**
+ * Blocks until at least one record is in the pipe, then copies up to `capacity` whole records
+ * into `records` (read(2) on the pipe, EINTR retried). Returns the number of records, 0 at
+ * end of file, or -1 with errno set.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t capacity);
+
+/**
+ * How many records the handler dropped because the pipe was full since the last call (the
+ * count is reset). The reader must then re-check every lease with F_GETLEASE/F_GETDELEG.
+ * Never sets errno.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalTakeDropped(void);
+
+/** fcntl(fd, F_SETSIG, signo), EINTR retried. Returns 0, or -1 with errno set. */
+RL_EXPORT int32_t RdmaLeaseNative_FcntlSetSig(int32_t fd, int32_t signo);
+
+/** fcntl(fd, F_SETOWN, pid), EINTR retried. Returns 0, or -1 with errno set. */
+RL_EXPORT int32_t RdmaLeaseNative_FcntlSetOwn(int32_t fd, int32_t pid);
+
+/** fcntl(fd, F_SETLEASE, type) with type RL_F_RDLCK/WRLCK/UNLCK, EINTR retried. Returns 0, or -1 with errno set. */
+RL_EXPORT int32_t RdmaLeaseNative_FcntlSetLease(int32_t fd, int32_t type);
+
+/**
+ * fcntl(fd, F_GETLEASE): the lease type this open file holds, or the type a pending break
+ * will leave it with (RL_F_UNLCK while a break to nothing is pending, RL_F_RDLCK while a
+ * downgrade is pending); RL_F_UNLCK when it holds no lease. Returns that, or -1 with errno set.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_FcntlGetLease(int32_t fd);
+
+/**
+ * fcntl(fd, F_SETDELEG, &(struct delegation){ .d_flags = 0, .d_type = type }), EINTR retried.
+ * Returns 0, or -1 with errno set; EINVAL means the kernel has no F_SETDELEG (before 6.19) or
+ * the file cannot carry one.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_FcntlSetDeleg(int32_t fd, int32_t type);
+
+/**
+ * fcntl(fd, F_GETDELEG, &deleg): stores the delegation type (same meaning as F_GETLEASE's
+ * result, for delegations only) in `*type`. Returns 0, or -1 with errno set (EINVAL: no F_GETDELEG).
+ */
+RL_EXPORT int32_t RdmaLeaseNative_FcntlGetDeleg(int32_t fd, int32_t* type);
+
+/** clock_gettime(CLOCK_MONOTONIC) in nanoseconds (the clock the handler stamps records with). */
+RL_EXPORT int64_t RdmaLeaseNative_GetMonotonicNs(void);
+
+// Cache-flush methods, best first.
+#define RL_FLUSH_CLWB 1
+#define RL_FLUSH_CLFLUSHOPT 2
+#define RL_FLUSH_CLFLUSH 3
+
+/**
+ * Which instruction RdmaLeaseNative_FlushCpuCaches uses on this CPU (cpuid leaf 7):
+ * RL_FLUSH_CLWB, RL_FLUSH_CLFLUSHOPT or RL_FLUSH_CLFLUSH. Never sets errno.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_GetCpuFlushMethod(void);
+
+/**
+ * Writes back every CPU cache line overlapping [address, address + length) with the best
+ * instruction the CPU has, then executes sfence. On a MAP_SYNC mapping of an FS-DAX file this
+ * makes the stores durable (on platforms whose persistence domain includes the memory
+ * controller, ADR). Returns the method used. Never fails; does not touch errno.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_FlushCpuCaches(const void* address, uint64_t length);
