@@ -16,6 +16,8 @@ HOST_PACKAGES=(
     "qemu-system-x86_64:qemu-system-x86" "qemu-img:qemu-utils" "debootstrap:debootstrap"
     "/bin/busybox:busybox-static" "depmod:kmod" "cpio:cpio" "xz:xz-utils" "cc:gcc"
     "/usr/lib/llvm-16/lib/libclang.so.1:libclang1-16"
+    # The host's own rdma-core (44): the layout tests check our bindings against its headers too.
+    "/usr/include/infiniband/verbs.h:libibverbs-dev" "/usr/include/rdma/rdma_cma.h:librdmacm-dev"
 )
 
 usage() {

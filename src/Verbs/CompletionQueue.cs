@@ -14,7 +14,7 @@ namespace RdmaLease.Verbs;
 /// <see cref="PollAsync"/> supports one waiter at a time. Dispose may run on any thread while
 /// another polls: the destroy waits for the poll in progress, later polls throw ObjectDisposedException.
 /// </remarks>
-public sealed unsafe class CompletionQueue : VerbsObject
+public sealed unsafe partial class CompletionQueue : VerbsObject
 {
     /// <summary>The device the CQ belongs to.</summary>
     public Device Device { get; }
@@ -119,46 +119,6 @@ public sealed unsafe class CompletionQueue : VerbsObject
         finally
         {
             Handle.Exit();
-        }
-    }
-
-    /// <summary>
-    /// Returns completions as soon as there are any, waiting without spinning (through the
-    /// completion channel) while there are none. Requires a CQ created with events.
-    /// </summary>
-    /// <returns>How many entries of <paramref name="completions"/> were filled (at least 1).</returns>
-    public async ValueTask<int> PollAsync(Memory<WorkCompletion> completions, CancellationToken cancellationToken = default)
-    {
-        if (_channel == null)
-            throw new InvalidOperationException($"{this} has no completion channel: create it with withEvents: true to wait asynchronously.");
-        ArgumentOutOfRangeException.ThrowIfZero(completions.Length, nameof(completions));
-        while (true)
-        {
-            int n = Poll(completions.Span);
-            if (n > 0)
-                return n;
-            var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            lock (_waitLock)
-            {
-                if (_waiter != null)
-                    throw new InvalidOperationException($"{this} already has a PollAsync waiting; one waiter at a time.");
-                _waiter = waiter;
-            }
-            try
-            {
-                RequestNotification();
-                // A completion that arrived before the notification was armed raises no event: poll again.
-                n = Poll(completions.Span);
-                if (n > 0)
-                    return n;
-                EventLoop.Shared.Rearm(_channelFd);
-                await waiter.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-            }
-            finally
-            {
-                lock (_waitLock)
-                    _waiter = null;
-            }
         }
     }
 

@@ -62,8 +62,11 @@ public sealed unsafe class QueuePair : VerbsObject
     readonly ibv_qp_ex* _qpx;
     readonly uint _initialPsn;
 
-    const ulong ExtendedOps = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6)   // write, write+imm, send, send+imm, read, cas, faa
-        | (1 << 11) | (1 << 12);                                                                       // flush, atomic write
+    const ulong ExtendedOps = (ulong)(ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM
+        | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_SEND | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_SEND_WITH_IMM
+        | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_READ | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP
+        | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_FLUSH
+        | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_ATOMIC_WRITE);
 
     internal QueuePair(ProtectionDomain pd, QueuePairOptions options)
         : base(Create(pd, options, out ibv_qp* qp, out ibv_qp_ex* qpx), pd)
@@ -106,7 +109,8 @@ public sealed unsafe class QueuePair : VerbsObject
             attr.cap.max_send_sge = (uint)o.MaxSendScatterGather;
             attr.cap.max_recv_sge = (uint)o.MaxReceiveScatterGather;
             attr.cap.max_inline_data = (uint)o.MaxInlineData;
-            const uint InitAttrPd = 1 << 0, InitAttrSendOpsFlags = 1 << 10;   // IBV_QP_INIT_ATTR_PD, _SEND_OPS_FLAGS
+            const uint InitAttrPd = (uint)ibv_qp_init_attr_mask.IBV_QP_INIT_ATTR_PD;
+            const uint InitAttrSendOpsFlags = (uint)ibv_qp_init_attr_mask.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
 
             // The extended work-request API (for FLUSH and ATOMIC WRITE) where the device has it;
             // otherwise a plain QP. UD supports only sends in the extended API.
@@ -177,7 +181,7 @@ public sealed unsafe class QueuePair : VerbsObject
             port_num = options.Port,
             qp_access_flags = (uint)(options.RemoteAccess | AccessFlags.LocalWrite),
         };
-        Modify(ref attr, IBV_QP.STATE | IBV_QP.PKEY_INDEX | IBV_QP.PORT | IBV_QP.ACCESS_FLAGS, "RESET->INIT");
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_PKEY_INDEX | ibv_qp_attr_mask.IBV_QP_PORT | ibv_qp_attr_mask.IBV_QP_ACCESS_FLAGS, "RESET->INIT");
 
         attr = new ibv_qp_attr
         {
@@ -194,8 +198,8 @@ public sealed unsafe class QueuePair : VerbsObject
         attr.ah_attr.grh.sgid_index = (byte)options.GidIndex;
         attr.ah_attr.grh.hop_limit = 64;
         WriteGid(remote.Gid, ref attr.ah_attr.grh.dgid);
-        Modify(ref attr, IBV_QP.STATE | IBV_QP.AV | IBV_QP.PATH_MTU | IBV_QP.DEST_QPN | IBV_QP.RQ_PSN
-            | IBV_QP.MAX_DEST_RD_ATOMIC | IBV_QP.MIN_RNR_TIMER, "INIT->RTR");
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_AV | ibv_qp_attr_mask.IBV_QP_PATH_MTU | ibv_qp_attr_mask.IBV_QP_DEST_QPN | ibv_qp_attr_mask.IBV_QP_RQ_PSN
+            | ibv_qp_attr_mask.IBV_QP_MAX_DEST_RD_ATOMIC | ibv_qp_attr_mask.IBV_QP_MIN_RNR_TIMER, "INIT->RTR");
 
         attr = new ibv_qp_attr
         {
@@ -206,8 +210,8 @@ public sealed unsafe class QueuePair : VerbsObject
             sq_psn = _initialPsn,
             max_rd_atomic = options.MaxRdAtomic,
         };
-        Modify(ref attr, IBV_QP.STATE | IBV_QP.TIMEOUT | IBV_QP.RETRY_CNT | IBV_QP.RNR_RETRY | IBV_QP.SQ_PSN
-            | IBV_QP.MAX_QP_RD_ATOMIC, "RTR->RTS");
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_TIMEOUT | ibv_qp_attr_mask.IBV_QP_RETRY_CNT | ibv_qp_attr_mask.IBV_QP_RNR_RETRY | ibv_qp_attr_mask.IBV_QP_SQ_PSN
+            | ibv_qp_attr_mask.IBV_QP_MAX_QP_RD_ATOMIC, "RTR->RTS");
         PathMtu = mtu;
     }
 
@@ -217,11 +221,11 @@ public sealed unsafe class QueuePair : VerbsObject
         if (Type != QueuePairType.UnreliableDatagram)
             throw new InvalidOperationException($"{this} is {Type}: connect it with Connect.");
         var attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_INIT, pkey_index = 0, port_num = port, qkey = qkey };
-        Modify(ref attr, IBV_QP.STATE | IBV_QP.PKEY_INDEX | IBV_QP.PORT | IBV_QP.QKEY, "RESET->INIT");
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_PKEY_INDEX | ibv_qp_attr_mask.IBV_QP_PORT | ibv_qp_attr_mask.IBV_QP_QKEY, "RESET->INIT");
         attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_RTR };
-        Modify(ref attr, IBV_QP.STATE, "INIT->RTR");
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE, "INIT->RTR");
         attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_RTS, sq_psn = _initialPsn };
-        Modify(ref attr, IBV_QP.STATE | IBV_QP.SQ_PSN, "RTR->RTS");
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_SQ_PSN, "RTR->RTS");
         PathMtu = ProtectionDomain.Device.QueryPort(port).ActiveMtu;
     }
 
@@ -229,7 +233,7 @@ public sealed unsafe class QueuePair : VerbsObject
     public void MoveToError()
     {
         var attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_ERR };
-        Modify(ref attr, IBV_QP.STATE, "->ERR");
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE, "->ERR");
     }
 
     /// <summary>The QP's current state (ibv_query_qp).</summary>
@@ -240,7 +244,7 @@ public sealed unsafe class QueuePair : VerbsObject
         nint qp = Handle.Enter();
         try
         {
-            int rc = libibverbs.ibv_query_qp((ibv_qp*)qp, &attr, (int)IBV_QP.STATE, &init);
+            int rc = libibverbs.ibv_query_qp((ibv_qp*)qp, &attr, (int)ibv_qp_attr_mask.IBV_QP_STATE, &init);
             if (rc != 0)
                 throw new VerbsException("ibv_query_qp", ToString(), rc);
         }
@@ -260,7 +264,7 @@ public sealed unsafe class QueuePair : VerbsObject
         }
     }
 
-    void Modify(ref ibv_qp_attr attr, IBV_QP mask, string transition)
+    void Modify(ref ibv_qp_attr attr, ibv_qp_attr_mask mask, string transition)
     {
         nint qp = Handle.Enter();
         try
@@ -603,14 +607,4 @@ public readonly struct SendRequest
         wr.wr.rdma.rkey = _remoteKey;
         return wr;
     }
-}
-
-/// <summary>ibv_qp_attr_mask bits.</summary>
-[Flags]
-internal enum IBV_QP
-{
-    STATE = 1 << 0, CUR_STATE = 1 << 1, EN_SQD_ASYNC_NOTIFY = 1 << 2, ACCESS_FLAGS = 1 << 3, PKEY_INDEX = 1 << 4,
-    PORT = 1 << 5, QKEY = 1 << 6, AV = 1 << 7, PATH_MTU = 1 << 8, TIMEOUT = 1 << 9, RETRY_CNT = 1 << 10,
-    RNR_RETRY = 1 << 11, RQ_PSN = 1 << 12, MAX_QP_RD_ATOMIC = 1 << 13, ALT_PATH = 1 << 14, MIN_RNR_TIMER = 1 << 15,
-    SQ_PSN = 1 << 16, MAX_DEST_RD_ATOMIC = 1 << 17, PATH_MIG_STATE = 1 << 18, CAP = 1 << 19, DEST_QPN = 1 << 20,
 }

@@ -39,7 +39,7 @@ public class VerbsException : Exception
     {
         string text = $"{operation} on {target} failed";
         if (errno != 0)
-            text += $": errno {errno} ({Errno.Name(errno)}: {Marshal.GetPInvokeErrorMessage(errno)})";
+            text += $": errno {errno} ({RdmaLease.Verbs.Errno.Name(errno)}: {Marshal.GetPInvokeErrorMessage(errno)})";
         return hint is null ? text + "." : $"{text}. {hint}";
     }
 }

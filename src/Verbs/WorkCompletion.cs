@@ -57,8 +57,8 @@ public readonly struct WorkCompletion
             throw new WorkCompletionException(this);
     }
 
-    internal static string Describe(WorkCompletionStatus status) =>
-        Marshal.PtrToStringUTF8(Interop.libibverbs.ibv_wc_status_str((Interop.ibv_wc_status)status)) ?? status.ToString();
+    internal static unsafe string Describe(WorkCompletionStatus status) =>
+        Marshal.PtrToStringUTF8((nint)Interop.libibverbs.ibv_wc_status_str((Interop.ibv_wc_status)status)) ?? status.ToString();
 
     /// <inheritdoc/>
     public override string ToString() => IsSuccess

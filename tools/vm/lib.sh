@@ -241,7 +241,7 @@ rl_run_vm() {
     rl_log "guest: booting $abi (timeout ${timeout}s, console in $console)"
     local t0=$SECONDS rc
     timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
-        -machine q35,nvdimm=on -accel tcg -cpu max -smp "${RDMA_LEASE_GUEST_CPUS:-1}" \
+        -machine q35,nvdimm=on -accel tcg -cpu max,smap=off -smp "${RDMA_LEASE_GUEST_CPUS:-1}" \
         -m "${mem}M,slots=2,maxmem=$((mem + 2048))M" \
         -nographic -no-reboot -nic none -serial "file:$console" -monitor none \
         -kernel "$kdir/usr/lib/modules/$abi/vmlinuz" -initrd "$kdir/initramfs.cpio.gz" \

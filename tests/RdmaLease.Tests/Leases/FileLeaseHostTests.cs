@@ -1,3 +1,4 @@
+using LeaseInterop = RdmaLease.Leases.Interop;
 using System.Diagnostics;
 using RdmaLease.Leases;
 using Tmds.Linux;
@@ -37,7 +38,7 @@ public class FileLeaseHostTests
             Assert.That(lease.DelegationUnavailableReason, Is.Null);
         else
             Assert.That(lease.DelegationUnavailableReason, Does.Contain("EINVAL"));
-        Assert.That(Interop.Fcntl.GetLease(file.FileDescriptor),
+        Assert.That(LeaseInterop.Fcntl.GetLease(file.FileDescriptor),
             Is.EqualTo(lease.Mechanism == LeaseMechanism.Lease ? LibC.F_WRLCK : LibC.F_UNLCK), "F_GETLEASE sees only FL_LEASE leases");
         Assert.That(LeaseSignals.IsInstalled, Is.True);
         Assert.That(LeaseSignals.SignalNumber, Is.EqualTo(LibC.SIGRTMIN + LeaseSignals.DefaultSignalOffset));
@@ -52,7 +53,7 @@ public class FileLeaseHostTests
         {
             Assert.That(lease.Mechanism, Is.EqualTo(LeaseMechanism.Lease));
             Assert.That(lease.DelegationUnavailableReason, Does.Contain("PreferDelegation"));
-            Assert.That(Interop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_WRLCK));
+            Assert.That(LeaseInterop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_WRLCK));
         }
         using var strict = NewFile("strict");
         if (KernelHasDelegations)
@@ -142,7 +143,7 @@ public class FileLeaseHostTests
             Assert.That(lease.BreakToRelease, Is.Null);
             Assert.That(lease.ReleasedTimestamp, Is.Not.Zero);
             Assert.That(file.IsMapped, Is.True, "a voluntary release keeps the mapping");
-            Assert.That(Interop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_UNLCK));
+            Assert.That(LeaseInterop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_UNLCK));
         });
         Assert.Throws<InvalidOperationException>(() => lease.RegisterTeardown(_ => { }));
         var reader = RunProbe(TimeSpan.FromSeconds(30), "open-rdwr-nonblock", file.Path);
@@ -203,7 +204,7 @@ public class FileLeaseHostTests
         lease.Release();
         Assert.That(secondRan, Is.True);
         Assert.That(lease.TeardownErrors.Single().Message, Is.EqualTo("boom"));
-        Assert.That(Interop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_UNLCK));
+        Assert.That(LeaseInterop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_UNLCK));
     }
 
     [Test]
@@ -257,7 +258,7 @@ public class FileLeaseHostTests
     public void HandlerTimestampsShareTheStopwatchClock()
     {
         long sw = Stopwatch.GetTimestamp();
-        long native = LeaseSignals.MonotonicNsToStopwatch(Interop.LeaseSignals.GetMonotonicNs());
+        long native = LeaseSignals.MonotonicNsToStopwatch(LeaseInterop.LeaseSignals.GetMonotonicNs());
         long after = Stopwatch.GetTimestamp();
         Assert.That(native, Is.InRange(sw, after));
     }

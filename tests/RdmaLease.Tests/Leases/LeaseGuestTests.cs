@@ -1,3 +1,4 @@
+using LeaseInterop = RdmaLease.Leases.Interop;
 using System.Globalization;
 using System.Text;
 using RdmaLease.Leases;
@@ -53,14 +54,14 @@ public class LeaseGuestTests
         {
             Assert.That(lease.Mechanism, Is.EqualTo(LeaseMechanism.Delegation));
             Assert.That(lease.DelegationUnavailableReason, Is.Null);
-            Assert.That(Interop.Fcntl.GetDeleg(file.FileDescriptor, out int t), Is.Zero);
+            Assert.That(LeaseInterop.Fcntl.GetDeleg(file.FileDescriptor, out int t), Is.Zero);
             Assert.That(t, Is.EqualTo(LibC.F_WRLCK), "F_GETDELEG");
-            Assert.That(Interop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_UNLCK), "F_GETLEASE does not see a delegation");
+            Assert.That(LeaseInterop.Fcntl.GetLease(file.FileDescriptor), Is.EqualTo(LibC.F_UNLCK), "F_GETLEASE does not see a delegation");
             Assert.That(File.ReadAllLines("/proc/locks").Select(l => LeaseHolders.ParseLocksLine(l, file.DeviceMajor, file.DeviceMinor, file.Inode)),
                 Does.Contain(((int, string)?)(Environment.ProcessId, "DELEG ACTIVE WRITE")));
         });
         lease.Release();
-        Assert.That(Interop.Fcntl.GetDeleg(file.FileDescriptor, out int after), Is.Zero);
+        Assert.That(LeaseInterop.Fcntl.GetDeleg(file.FileDescriptor, out int after), Is.Zero);
         Assert.That(after, Is.EqualTo(LibC.F_UNLCK));
     }
 
