@@ -74,7 +74,7 @@ setup() {
 rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-core headers not fetched: run ./build.sh setup"; }
 
 build() {
-    rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$(rdma_headers)"
+    rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$(rdma_headers)" RDMA_LIBDIR="$RL_CACHE/rootfs-$RL_GUEST_SUITE/usr/lib/x86_64-linux-gnu"
     rl_stage repro make -s -C "$RL_REPO/tools/repro" RDMA_CORE="$(rdma_headers)" GUEST_ROOT="$RL_CACHE/rootfs-$RL_GUEST_SUITE"
     rl_stage dotnet dotnet build "$RL_REPO/rdma-lease.sln" -c "$CONFIG" -nologo -clp:ErrorsOnly -v:q
 }
@@ -116,6 +116,7 @@ test_all() {
     [ "$hs" -eq 0 ] || why+=("$hs host tests were skipped")
     [ "$host_rc" -eq 0 ] || why+=("the host test run exited $host_rc")
     [ "$guest_rc" -eq 0 ] || why+=("the guest run exited $guest_rc")
+    [ ! -s "$results/guest/leaked-resources.txt" ] || why+=("verbs resources leaked: $(tr '\n' ';' < "$results/guest/leaked-resources.txt")")
     echo "$((hp + gp)) passed, $failed failed, $((hs + gs)) skipped"
     if [ ${#why[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${why[@]}" >&2; return 1; fi
 }

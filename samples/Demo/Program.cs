@@ -1,9 +1,15 @@
-// rdma-lease demo (foundation stage): what the guest offers, read from C#.
+// rdma-lease demo: what the guest offers, read through the library.
 using RdmaLease.Verbs;
 
 Console.WriteLine("rdma-lease demo: verbs devices in this guest");
-foreach (var d in DeviceInfo.ListAll())
+foreach (var name in Device.List())
 {
-    Console.WriteLine($"  {d.Name,-8} fw {(d.FirmwareVersion.Length == 0 ? "-" : d.FirmwareVersion),-10} ports {d.PortCount}  " +
-                      $"ODP {(d.Odp.Supported ? "yes" : "no")} (rc 0x{d.Odp.Rc:x2}, ud 0x{d.Odp.Ud:x2})");
+    using var device = Device.Open(name);
+    var a = device.Attributes;
+    var port = device.QueryPort();
+    Console.WriteLine($"  {name,-6} port 1 {port.State} {port.LinkLayer}, active MTU {port.ActiveMtu.Bytes()}, max MR {a.MaxMrSize >> 30} GiB, max QP {a.MaxQp}");
+    Console.WriteLine($"         ODP {(a.Odp.Supported ? "yes" : "no")}: RC {a.Odp.Rc}; UD {a.Odp.Ud}");
+    Console.WriteLine($"         FLUSH global {a.FlushGlobal}, persistent {a.FlushPersistent}; ATOMIC WRITE {a.AtomicWrite}");
+    foreach (var gid in device.QueryGidTable())
+        Console.WriteLine($"         GID[{gid.Index}] {gid.Address} {gid.Type}");
 }

@@ -46,15 +46,27 @@ internal sealed unsafe class NativeHandle : SafeHandle
 
     public override bool IsInvalid => handle == 0;
 
+    // Set by Dispose. SafeHandle itself only refuses new references once the count reaches zero,
+    // and a parent's count stays up while children depend on it: this flag refuses them at once.
+    volatile bool _disposeRequested;
+
     /// <summary>The raw pointer, after taking a reference that <see cref="Exit"/> gives back.</summary>
+    /// <exception cref="ObjectDisposedException">The object was disposed.</exception>
     public nint Enter()
     {
+        ObjectDisposedException.ThrowIf(_disposeRequested, this);
         bool added = false;
         DangerousAddRef(ref added);
         return handle;
     }
 
     public void Exit() => DangerousRelease();
+
+    protected override void Dispose(bool disposing)
+    {
+        _disposeRequested = true;
+        base.Dispose(disposing);
+    }
 
     protected override unsafe bool ReleaseHandle()
     {

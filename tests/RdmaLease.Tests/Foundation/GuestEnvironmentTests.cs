@@ -1,43 +1,31 @@
-using System.Runtime.InteropServices;
+using System.Globalization;
+using RdmaLease.Leases;
+using RdmaLease.Verbs;
 
 namespace RdmaLease.Tests.Foundation;
 
 /// <summary>What every guest test builds on: the rxe devices and the DAX mounts that
 /// tools/vm/guest-init.sh prepares. A missing device in the guest is a failure, not a skip.</summary>
 [Category("Guest")]
-public unsafe class GuestEnvironmentTests
+public class GuestEnvironmentTests
 {
-    const uint IBV_ODP_SUPPORT_SEND = 1, IBV_ODP_SUPPORT_RECV = 2, IBV_ODP_SUPPORT_WRITE = 4, IBV_ODP_SUPPORT_READ = 8;
+    static readonly string[] SoftRoceDevices = ["rxelo", "rxe0", "rxe1"];
 
     [Test]
     public void SoftRoceDevicesExistAndReportOdp()
     {
-        var devices = RdmaLease.Verbs.DeviceInfo.ListAll().ToDictionary(d => d.Name);
-        Assert.That(devices.Keys, Is.SupersetOf(new[] { "rxelo", "rxe0", "rxe1" }));
-        foreach (var name in new[] { "rxelo", "rxe0", "rxe1" })
+        Assert.That(Device.List(), Is.SupersetOf(SoftRoceDevices));
+        foreach (var name in SoftRoceDevices)
         {
-            var (_, rc, _, ud) = devices[name].Odp;
-            Assert.That(devices[name].Odp.Supported, $"{name}: no general ODP support");
-            Assert.That(devices[name].PortCount, Is.EqualTo(1), name);
-            uint rcNeeded = IBV_ODP_SUPPORT_SEND | IBV_ODP_SUPPORT_RECV | IBV_ODP_SUPPORT_WRITE | IBV_ODP_SUPPORT_READ;
-            Assert.That(rc & rcNeeded, Is.EqualTo(rcNeeded), $"{name}: RC ODP caps 0x{rc:x}");
-            Assert.That(ud & (IBV_ODP_SUPPORT_SEND | IBV_ODP_SUPPORT_RECV), Is.Not.Zero, $"{name}: UD ODP caps 0x{ud:x}");
+            using var device = Device.Open(name);
+            var odp = device.Attributes.Odp;
+            Assert.That(odp.Supported, $"{name}: no general ODP support");
+            Assert.That(device.Attributes.PortCount, Is.EqualTo(1), name);
+            var rcNeeded = OdpTransportCaps.Send | OdpTransportCaps.Receive | OdpTransportCaps.Write | OdpTransportCaps.Read;
+            Assert.That(odp.Rc & rcNeeded, Is.EqualTo(rcNeeded), $"{name}: RC ODP caps {odp.Rc}");
+            Assert.That(odp.Ud & (OdpTransportCaps.Send | OdpTransportCaps.Receive), Is.Not.EqualTo(OdpTransportCaps.None), $"{name}: UD ODP caps {odp.Ud}");
+            Assert.That(device.QueryPort().State, Is.EqualTo(PortState.Active), name);
         }
-    }
-
-    // statx(2): struct statx starts { u32 stx_mask; u32 stx_blksize; u64 stx_attributes; ... };
-    // stx_attributes_mask is at offset 0x28 (include/uapi/linux/stat.h).
-    [DllImport("libc", SetLastError = true)] static extern int statx(int dirfd, string path, int flags, uint mask, byte* buf);
-    const ulong STATX_ATTR_DAX = 0x200000;
-    const int AT_FDCWD = -100;
-
-    static (bool Dax, bool DaxKnown) StatxDax(string path)
-    {
-        byte* buf = stackalloc byte[256];
-        int rc = statx(AT_FDCWD, path, 0, 0xfff, buf);
-        Assert.That(rc, Is.Zero, $"statx({path}) failed: errno {Marshal.GetLastPInvokeError()}");
-        ulong attributes = *(ulong*)(buf + 8), attributesMask = *(ulong*)(buf + 0x28);
-        return ((attributes & STATX_ATTR_DAX) != 0, (attributesMask & STATX_ATTR_DAX) != 0);
     }
 
     [TestCase("/mnt/xfs", true)]
@@ -46,16 +34,14 @@ public unsafe class GuestEnvironmentTests
     public void StatxReportsDax(string mount, bool expectDax)
     {
         using var dir = new TempDir(under: mount);
-        string file = Path.Combine(dir.Path, "probe");
-        File.WriteAllBytes(file, new byte[4096]);
-        var (dax, _) = StatxDax(file);
-        Assert.That(dax, Is.EqualTo(expectDax), $"STATX_ATTR_DAX on {file}");
+        using var file = DaxFile.Open(Path.Combine(dir.Path, "probe"), new DaxFileOptions { Size = 4096, AllowNonDax = true });
+        Assert.That(file.IsDax, Is.EqualTo(expectDax), $"STATX_ATTR_DAX on {file.Path}");
     }
 
     [Test]
     public void LeaseBreakTimeIsLowered()
     {
-        int seconds = int.Parse(File.ReadAllText("/proc/sys/fs/lease-break-time").Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        int seconds = int.Parse(File.ReadAllText("/proc/sys/fs/lease-break-time").Trim(), CultureInfo.InvariantCulture);
         Assert.That(seconds, Is.InRange(1, 10));
     }
 }
