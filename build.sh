@@ -31,6 +31,7 @@ usage: ./build.sh VERB [ARGS]
   build           build the native shim and the .NET solution ($CONFIG; CONFIGURATION=Debug to change)
   vm [--timeout S] -- CMD...
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository)
+  bench [N]       boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000)
   bindings        regenerate src/Verbs/Interop/Generated from rdma-core's headers
   help            this text
 
@@ -75,6 +76,7 @@ rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-c
 
 build() {
     rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$(rdma_headers)" RDMA_LIBDIR="$RL_CACHE/rootfs-$RL_GUEST_SUITE/usr/lib/x86_64-linux-gnu"
+    rl_stage bench-c make -s -C "$RL_REPO/benchmarks/c" RDMA_CORE="$(rdma_headers)" GUEST_ROOT="$RL_CACHE/rootfs-$RL_GUEST_SUITE"
     rl_stage repro make -s -C "$RL_REPO/tools/repro" RDMA_CORE="$(rdma_headers)" GUEST_ROOT="$RL_CACHE/rootfs-$RL_GUEST_SUITE"
     rl_stage dotnet dotnet build "$RL_REPO/rdma-lease.sln" -c "$CONFIG" -nologo -clp:ErrorsOnly -v:q
 }
@@ -146,6 +148,8 @@ case $verb in
     test) test_all ;;
     demo) setup; build; run_guest -- "dotnet exec artifacts/bin/RdmaLease.Demo/${CONFIG,,}/RdmaLease.Demo.dll" ;;
     vm) [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm -- CMD..."; setup >/dev/null; run_guest -- "$@" ;;
+    bench) setup; build; n=${1:-20000}
+        run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll interop rxelo $n" ;;
     bindings) "$RL_REPO/tools/BindingsGenerator/generate.sh" "$(rdma_headers)" ;;
     *) usage >&2; rl_die "unknown verb '$verb'" ;;
 esac
