@@ -3,7 +3,7 @@ namespace RdmaLease.Verbs;
 // The ODP integrity probe's surface on Device (docs/known-defects.md). Kept apart from Device.cs.
 public sealed partial class Device
 {
-    // Per Mtu value (1..5): the largest safe ODP transfer per work request, NotKnown until looked up.
+    // Per Mtu value (1..5): the ODP rule (alignment << 32 | largest safe transfer), NotKnown until looked up.
     // The QP post path reads these; only the first lookup per (device, MTU) reaches the cache or the probe.
     const long NotKnown = -1;
     readonly long[] _odpLimits = [NotKnown, NotKnown, NotKnown, NotKnown, NotKnown, NotKnown];
@@ -43,22 +43,26 @@ public sealed partial class Device
             throw new ArgumentOutOfRangeException(nameof(pathMtu), pathMtu,
                 $"{this} port {port} has active MTU {active.Bytes()}; no queue pair on it can use path MTU {pathMtu.Bytes()}.");
         var result = OdpIntegrityCache.Get(this, pathMtu, port, refresh);
-        Volatile.Write(ref _odpLimits[(int)pathMtu], result.MaxSafeTransfer);
+        Volatile.Write(ref _odpLimits[(int)pathMtu], (long)result.RequiredAlignment << 32 | result.MaxSafeTransfer);
         return result;
     }
 
     /// <summary>
-    /// The largest safe ODP transfer per work request at <paramref name="pathMtu"/>
-    /// (<see cref="OdpIntegrityResult.Unlimited"/>, a byte count, or 0), looked up once per device and MTU.
+    /// The ODP rule at <paramref name="pathMtu"/>: the largest safe transfer per work request
+    /// (<see cref="OdpIntegrityResult.Unlimited"/>, a byte count, or 0) and the alignment its ODP-side address
+    /// needs; looked up once per device and MTU.
     /// </summary>
-    internal uint OdpTransferLimit(Mtu pathMtu)
+    internal OdpRule OdpTransferRule(Mtu pathMtu)
     {
         long known = Volatile.Read(ref _odpLimits[(int)pathMtu]);
-        if (known != NotKnown)
-            return (uint)known;
-        if (!Attributes.Odp.Supported)
-            return OdpIntegrityResult.Unlimited;   // no ODP region can exist here
-        return LookUpOdpIntegrity(pathMtu, FirstPortWithMtu(pathMtu), refresh: false).MaxSafeTransfer;
+        if (known == NotKnown)
+        {
+            if (!Attributes.Odp.Supported)
+                return OdpRule.Sound;   // no ODP region can exist here
+            _ = LookUpOdpIntegrity(pathMtu, FirstPortWithMtu(pathMtu), refresh: false);
+            known = Volatile.Read(ref _odpLimits[(int)pathMtu]);
+        }
+        return new OdpRule((uint)known, (uint)(known >> 32));
     }
 
     byte FirstPortWithMtu(Mtu pathMtu)
@@ -71,13 +75,16 @@ public sealed partial class Device
         return 1;
     }
 
-    /// <summary>The limit peers must honour for our ODP regions: the smallest over every port's active MTU.</summary>
-    internal uint OdpTransferLimitForPeers()
+    /// <summary>The rule peers must honour for our ODP regions: the strictest over every port's active MTU.</summary>
+    internal OdpRule OdpTransferRuleForPeers()
     {
-        uint limit = OdpIntegrityResult.Unlimited;
+        var rule = OdpRule.Sound;
         for (byte p = 1; p <= Attributes.PortCount; p++)
-            limit = Math.Min(limit, OdpTransferLimit(QueryPort(p).ActiveMtu));
-        return limit;
+        {
+            var r = OdpTransferRule(QueryPort(p).ActiveMtu);
+            rule = new OdpRule(Math.Min(rule.MaxTransfer, r.MaxTransfer), Math.Max(rule.Alignment, r.Alignment));
+        }
+        return rule;
     }
 
     /// <summary>Before the first ODP registration: makes sure every port's active MTU has been checked.</summary>
@@ -89,7 +96,17 @@ public sealed partial class Device
         {
             var port = QueryPort(p);
             if (port.State is PortState.Active or PortState.ActiveDefer)
-                _ = OdpTransferLimit(port.ActiveMtu);
+                _ = OdpTransferRule(port.ActiveMtu);
         }
     }
+}
+
+/// <summary>What the ODP integrity probe allows: transfers of at most <paramref name="MaxTransfer"/> bytes per work
+/// request (<see cref="OdpIntegrityResult.Unlimited"/>: any; 0: none) whose ODP-side address is a multiple of
+/// <paramref name="Alignment"/>.</summary>
+internal readonly record struct OdpRule(uint MaxTransfer, uint Alignment)
+{
+    public static OdpRule Sound => new(OdpIntegrityResult.Unlimited, 1);
+
+    public bool IsSound => MaxTransfer == OdpIntegrityResult.Unlimited && Alignment <= 1;
 }

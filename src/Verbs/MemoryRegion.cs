@@ -193,13 +193,15 @@ public unsafe class MemoryRegion : VerbsObject
         if (!IsOnDemand)
             return 0;
         Device device = ProtectionDomain.Device;
-        uint limit = pathMtu is { } m ? device.OdpTransferLimit(m) : device.OdpTransferLimitForPeers();
-        if (limit == OdpIntegrityResult.Unlimited)
-            return 0;
-        if (limit == 0)
+        var rule = pathMtu is { } m ? device.OdpTransferRule(m) : device.OdpTransferRuleForPeers();
+        if (rule.MaxTransfer == 0)
             throw new NotSupportedException($"{this} is an On-Demand-Paging region on {device.Name}, where the ODP integrity probe found that not even " +
                 "single-packet transfers into and out of ODP memory arrive intact (see docs/known-defects.md); peers must not be given access to it.");
-        return limit;
+        if (rule.MaxTransfer != OdpIntegrityResult.Unlimited && rule.Alignment > rule.MaxTransfer)
+            throw new NotSupportedException($"{this} is an On-Demand-Paging region on {device.Name}, where the ODP integrity probe found transfers correct only " +
+                $"up to {rule.MaxTransfer} bytes per work request and only from {rule.Alignment}-byte aligned addresses: no split of a larger transfer is correct, " +
+                "so peers must not be given access to it at this path MTU (see docs/known-defects.md). Use a pinned region, or a path MTU of the page size.");
+        return rule.MaxTransfer == OdpIntegrityResult.Unlimited ? 0 : rule.MaxTransfer;
     }
 
     /// <inheritdoc/>

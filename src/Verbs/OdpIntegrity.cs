@@ -51,16 +51,22 @@ public sealed record OdpIntegrityCheck(OdpIntegrityOperation Operation, int Offs
 /// <param name="PathMtu">The path MTU of the probe's queue pairs.</param>
 /// <param name="MaxSafeTransfer">Largest safe transfer per work request: <see cref="Unlimited"/> when multi-packet
 /// transfers were correct, the path MTU when only single-packet ones were, 0 when even those were not.</param>
+/// <param name="RequiredAlignment">The alignment the ODP-side address of a transfer needs for that to hold: 1 when any
+/// address is fine, the page size when only transfers starting on a page boundary arrived intact (rxe on Debian 7.3.4
+/// drops the in-page offset of ODP addresses). A split transfer's pieces must each start so aligned.</param>
 /// <param name="TestedAt">When the probe ran.</param>
 /// <param name="Checks">Every transfer it made.</param>
 public sealed record OdpIntegrityResult(string DeviceName, string KernelRelease, Mtu PathMtu, uint MaxSafeTransfer,
-    DateTimeOffset TestedAt, IReadOnlyList<OdpIntegrityCheck> Checks)
+    uint RequiredAlignment, DateTimeOffset TestedAt, IReadOnlyList<OdpIntegrityCheck> Checks)
 {
     /// <summary>The value of <see cref="MaxSafeTransfer"/> when any size is safe.</summary>
     public const uint Unlimited = uint.MaxValue;
 
     /// <summary>True when multi-packet transfers to and from ODP regions are correct: nothing is split.</summary>
     public bool IsUnlimited => MaxSafeTransfer == Unlimited;
+
+    /// <summary>True when transfers of any size at any address were correct: ODP needs no protection here.</summary>
+    public bool IsSound => MaxSafeTransfer == Unlimited && RequiredAlignment <= 1;
 
     /// <summary>True when not even single-packet transfers were correct: ODP regions must not be used.</summary>
     public bool IsUnsafe => MaxSafeTransfer == 0;
@@ -69,10 +75,18 @@ public sealed record OdpIntegrityResult(string DeviceName, string KernelRelease,
     public bool FromDiskCache { get; init; }
 
     /// <summary>One line for people, e.g. "rxelo at path MTU 1024: ODP safe up to 1024 bytes per work request".</summary>
-    public string Verdict => string.Create(CultureInfo.InvariantCulture, $"{DeviceName} at path MTU {PathMtu.Bytes()}: ") + (
-        IsUnlimited ? "ODP safe for any transfer size"
-        : IsUnsafe ? "ODP UNSAFE (even single-packet transfers were wrong)"
-        : string.Create(CultureInfo.InvariantCulture, $"ODP safe up to {MaxSafeTransfer} bytes per work request (multi-packet transfers corrupt)"));
+    public string Verdict
+    {
+        get
+        {
+            string size = IsUnlimited ? "ODP safe for any transfer size"
+                : IsUnsafe ? "ODP UNSAFE (even single-packet transfers were wrong)"
+                : string.Create(CultureInfo.InvariantCulture, $"ODP safe up to {MaxSafeTransfer} bytes per work request (multi-packet transfers corrupt)");
+            string align = IsUnsafe || RequiredAlignment <= 1 ? ""
+                : string.Create(CultureInfo.InvariantCulture, $", only at {RequiredAlignment}-byte aligned ODP addresses (unaligned ones land at the page start)");
+            return string.Create(CultureInfo.InvariantCulture, $"{DeviceName} at path MTU {PathMtu.Bytes()}: {size}{align}");
+        }
+    }
 
     /// <inheritdoc/>
     public override string ToString() => Verdict;

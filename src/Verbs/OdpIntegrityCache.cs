@@ -122,10 +122,10 @@ internal static class OdpIntegrityCache
     internal static byte[] Serialize(IEnumerable<OdpIntegrityResult> results)
     {
         using var stream = new MemoryStream();
-        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
-            w.WriteNumber("version", 1);
+            w.WriteNumber("version", 2);
             w.WriteStartArray("results");
             foreach (var r in results)
             {
@@ -134,6 +134,7 @@ internal static class OdpIntegrityCache
                 w.WriteString("kernel", r.KernelRelease);
                 w.WriteNumber("pathMtu", r.PathMtu.Bytes());
                 w.WriteNumber("maxSafeTransfer", r.MaxSafeTransfer);
+                w.WriteNumber("requiredAlignment", r.RequiredAlignment);
                 w.WriteString("testedAt", r.TestedAt);
                 w.WriteStartArray("checks");
                 foreach (var c in r.Checks)
@@ -163,7 +164,7 @@ internal static class OdpIntegrityCache
         var reader = new Utf8JsonReader(json);
         using var doc = JsonDocument.ParseValue(ref reader);
         var list = new List<OdpIntegrityResult>();
-        if (doc.RootElement.GetProperty("version").GetInt32() != 1)
+        if (doc.RootElement.GetProperty("version").GetInt32() != 2)
             return list;
         foreach (var e in doc.RootElement.GetProperty("results").EnumerateArray())
         {
@@ -177,7 +178,7 @@ internal static class OdpIntegrityCache
                     c.TryGetProperty("error", out var err) ? err.GetString() : null));
             }
             list.Add(new OdpIntegrityResult(e.GetProperty("device").GetString()!, e.GetProperty("kernel").GetString()!,
-                MtuExtensions.FromBytes(e.GetProperty("pathMtu").GetInt32()), e.GetProperty("maxSafeTransfer").GetUInt32(),
+                MtuExtensions.FromBytes(e.GetProperty("pathMtu").GetInt32()), e.GetProperty("maxSafeTransfer").GetUInt32(), e.GetProperty("requiredAlignment").GetUInt32(),
                 e.GetProperty("testedAt").GetDateTimeOffset(), checks) { FromDiskCache = true });
         }
         return list;

@@ -46,27 +46,52 @@ internal static unsafe class OdpIntegrityProbe
             using var pinned = pd.AllocateBuffer(window, access);
             using var session = new Session(device, pd, cq, mtu, port, odp, pinned, memory);
 
+            // 1. Four packets in one work request, at a page-aligned and at a mid-page ODP address.
             foreach (var op in Operations)
             {
                 checks.Add(session.Check(op, 0, length, split: false));
                 checks.Add(session.Check(op, UnalignedOffset, length, split: false));
             }
-            uint verdict;
-            if (checks.TrueForAll(c => c.Passed))
+            bool multiAligned = checks.Where(c => c.Offset == 0).All(c => c.Passed);
+            bool multiUnaligned = checks.Where(c => c.Offset != 0).All(c => c.Passed);
+            uint limit, alignment = 1;
+            if (multiAligned && multiUnaligned)
             {
-                verdict = OdpIntegrityResult.Unlimited;
+                limit = OdpIntegrityResult.Unlimited;
             }
             else
             {
+                // 2. The same split into one path MTU per work request (per message for SEND), through the
+                //    QP's splitting code, from both addresses.
                 int before = checks.Count;
                 foreach (var op in Operations)
                 {
                     checks.Add(session.Check(op, 0, length, split: true));
                     checks.Add(session.Check(op, UnalignedOffset, length, split: true));
                 }
-                verdict = checks.Skip(before).All(c => c.Passed) ? (uint)m : 0;
+                if (checks.Skip(before).All(c => c.Passed))
+                {
+                    limit = (uint)m;
+                }
+                else if (multiAligned)
+                {
+                    // Whole transfers from a page boundary are right; only the address's in-page offset is lost.
+                    limit = OdpIntegrityResult.Unlimited;
+                    alignment = (uint)page;
+                }
+                else
+                {
+                    // 3. One packet at a page boundary (the second page: not the region's first byte).
+                    int single = checks.Count;
+                    foreach (var op in Operations)
+                        checks.Add(session.Check(op, page, m, split: false));
+                    bool singleAligned = checks.Skip(single).All(c => c.Passed);
+                    limit = singleAligned ? (uint)m : 0;
+                    alignment = singleAligned ? (uint)page : 1;
+                }
             }
-            return new OdpIntegrityResult(device.Name, kernelRelease, mtu, verdict, testedAt, checks);
+            uint verdict = limit;
+            return new OdpIntegrityResult(device.Name, kernelRelease, mtu, verdict, alignment, testedAt, checks);
         }
         finally
         {
