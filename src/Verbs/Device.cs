@@ -17,7 +17,7 @@ namespace RdmaLease.Verbs;
 /// using var pd = device.AllocateProtectionDomain();
 /// </code>
 /// </example>
-public sealed unsafe class Device : VerbsObject
+public sealed unsafe partial class Device : VerbsObject
 {
     /// <summary>The device name, e.g. <c>rxelo</c>.</summary>
     public string Name { get; }

@@ -48,6 +48,20 @@ public unsafe class MemoryRegion : VerbsObject
     {
         if ((access & (AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 && (access & AccessFlags.LocalWrite) == 0)
             throw new ArgumentException($"{access}: remote write and remote atomic access need LocalWrite too (the verbs API requires it).", nameof(access));
+        if ((access & AccessFlags.OnDemand) != 0)
+        {
+            // Before the first ODP registration on a device: is its ODP data path sound (docs/known-defects.md)?
+            try
+            {
+                pd.Device.EnsureOdpIntegrityChecked();
+            }
+            catch
+            {
+                if (ownsMemory)
+                    NativeMemory.AlignedFree(address);
+                throw;
+            }
+        }
         NativeHandle parent = pd.HandleForChildren;
         nint p = parent.Enter();
         try
@@ -160,8 +174,35 @@ public unsafe class MemoryRegion : VerbsObject
     /// <summary>The whole region as a local segment.</summary>
     public LocalSegment All => new(this, 0, checked((uint)Length));
 
-    /// <summary>What a peer needs to reach this region: address (IOVA), length and rkey.</summary>
-    public RemoteRegion ToRemote() => new(Iova, Length, RemoteKey);
+    /// <summary>
+    /// What a peer needs to reach this region: address (IOVA), length and rkey, and for an On-Demand-Paging region
+    /// on a device whose ODP data path misplaces multi-packet transfers, the largest transfer per work request that
+    /// is safe (<see cref="RemoteRegion.MaxTransferPerRequest"/>), for the smallest active MTU of the device's ports.
+    /// Peers using a smaller path MTU should be given <see cref="ToRemote(Mtu)"/>. Our <see cref="QueuePair"/> honours
+    /// the limit; a peer that ignores it can still corrupt the region (see docs/known-defects.md).
+    /// </summary>
+    /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets.</exception>
+    public RemoteRegion ToRemote() => new(Iova, Length, RemoteKey, PeerLimit(null));
+
+    /// <summary>As <see cref="ToRemote()"/>, with the limit for queue pairs whose path MTU is <paramref name="pathMtu"/>.</summary>
+    /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets at that MTU.</exception>
+    public RemoteRegion ToRemote(Mtu pathMtu) => new(Iova, Length, RemoteKey, PeerLimit(pathMtu));
+
+    uint PeerLimit(Mtu? pathMtu)
+    {
+        if (!IsOnDemand)
+            return 0;
+        Device device = ProtectionDomain.Device;
+        var rule = pathMtu is { } m ? device.OdpTransferRule(m) : device.OdpTransferRuleForPeers();
+        if (rule.MaxTransfer == 0)
+            throw new NotSupportedException($"{this} is an On-Demand-Paging region on {device.Name}, where the ODP integrity probe found that not even " +
+                "single-packet transfers into and out of ODP memory arrive intact (see docs/known-defects.md); peers must not be given access to it.");
+        if (rule.MaxTransfer != OdpIntegrityResult.Unlimited && rule.Alignment > rule.MaxTransfer)
+            throw new NotSupportedException($"{this} is an On-Demand-Paging region on {device.Name}, where the ODP integrity probe found transfers correct only " +
+                $"up to {rule.MaxTransfer} bytes per work request and only from {rule.Alignment}-byte aligned addresses: no split of a larger transfer is correct, " +
+                "so peers must not be given access to it at this path MTU (see docs/known-defects.md). Use a pinned region, or a path MTU of the page size.");
+        return rule.MaxTransfer == OdpIntegrityResult.Unlimited ? 0 : rule.MaxTransfer;
+    }
 
     /// <inheritdoc/>
     public override string ToString() => $"memory region 0x{Address:x}+{Length} (lkey 0x{LocalKey:x}) on {ProtectionDomain.Device.Name}";

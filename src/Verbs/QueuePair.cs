@@ -61,6 +61,22 @@ public sealed unsafe class QueuePair : VerbsObject
 
     readonly ibv_qp_ex* _qpx;
     readonly uint _initialPsn;
+    readonly int _maxSendRequests;
+    // The ODP transfer limit at this QP's path MTU (docs/known-defects.md), -1 until looked up.
+    long _odpLimit = -1;
+
+    /// <summary>
+    /// Test and probe hook: when set, the transfer limit of every post, whatever the regions (Unlimited turns the
+    /// ODP protection off: transfers are not split and receives and SENDs are not refused).
+    /// </summary>
+    internal uint? OdpLimitOverride { get; set; }
+
+    /// <summary>Turns the ODP integrity protection off for this QP, so a test can show the corruption it prevents.</summary>
+    internal bool UnsafeOdpProtectionOff
+    {
+        get => OdpLimitOverride == OdpIntegrityResult.Unlimited;
+        set => OdpLimitOverride = value ? OdpIntegrityResult.Unlimited : null;
+    }
 
     const ulong ExtendedOps = (ulong)(ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM
         | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_SEND | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_SEND_WITH_IMM
@@ -78,6 +94,7 @@ public sealed unsafe class QueuePair : VerbsObject
         ReceiveCompletionQueue = options.ReceiveCompletionQueue;
         _qpx = qpx;
         _initialPsn = (uint)Random.Shared.Next(0, 1 << 24);
+        _maxSendRequests = options.MaxSendRequests;
     }
 
     static NativeHandle Create(ProtectionDomain pd, QueuePairOptions o, out ibv_qp* qp, out ibv_qp_ex* qpx)
@@ -213,6 +230,7 @@ public sealed unsafe class QueuePair : VerbsObject
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_TIMEOUT | ibv_qp_attr_mask.IBV_QP_RETRY_CNT | ibv_qp_attr_mask.IBV_QP_RNR_RETRY | ibv_qp_attr_mask.IBV_QP_SQ_PSN
             | ibv_qp_attr_mask.IBV_QP_MAX_QP_RD_ATOMIC, "RTR->RTS");
         PathMtu = mtu;
+        Volatile.Write(ref _odpLimit, -1);
     }
 
     /// <summary>Moves a UD QP to RTS, receiving datagrams sent with <paramref name="qkey"/>.</summary>
@@ -227,6 +245,7 @@ public sealed unsafe class QueuePair : VerbsObject
         attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_RTS, sq_psn = _initialPsn };
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_SQ_PSN, "RTR->RTS");
         PathMtu = ProtectionDomain.Device.QueryPort(port).ActiveMtu;
+        Volatile.Write(ref _odpLimit, -1);
     }
 
     /// <summary>Moves the QP to the error state: outstanding requests complete with WorkRequestFlushed.</summary>
@@ -286,8 +305,12 @@ public sealed unsafe class QueuePair : VerbsObject
     // ---- posting -------------------------------------------------------------------------
 
     /// <summary>Posts a SEND of <paramref name="data"/> (with immediate data when given).</summary>
+    /// <exception cref="NotSupportedException"><paramref name="data"/> lies in an On-Demand-Paging region on a device
+    /// whose ODP data path is only safe up to a smaller size at this QP's path MTU (a message cannot be split; see
+    /// docs/known-defects.md).</exception>
     public void PostSend(ulong workRequestId, LocalSegment data, SendFlags flags = SendFlags.Signaled, uint? immediate = null)
     {
+        CheckMessage("SEND", data);
         var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
         var wr = new ibv_send_wr
         {
@@ -321,9 +344,11 @@ public sealed unsafe class QueuePair : VerbsObject
     }
 
     /// <summary>Posts a UD SEND to <paramref name="remoteQpn"/> through <paramref name="address"/>.</summary>
+    /// <exception cref="NotSupportedException">As for the RC <see cref="PostSend(ulong, LocalSegment, SendFlags, uint?)"/>.</exception>
     public void PostSend(ulong workRequestId, LocalSegment data, AddressHandle address, uint remoteQpn, uint remoteQkey, SendFlags flags = SendFlags.Signaled)
     {
         ArgumentNullException.ThrowIfNull(address);
+        CheckMessage("SEND", data);
         var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
         nint ah = address.HandleForChildren.Enter();
         try
@@ -348,42 +373,169 @@ public sealed unsafe class QueuePair : VerbsObject
     }
 
     /// <summary>Posts an RDMA WRITE of <paramref name="source"/> to <paramref name="target"/> at <paramref name="targetOffset"/>.</summary>
+    /// <remarks>
+    /// When <paramref name="source"/> is an On-Demand-Paging region on a device whose ODP data path is unsafe for
+    /// multi-packet transfers at this QP's path MTU, or <paramref name="target"/> advertises a
+    /// <see cref="RemoteRegion.MaxTransferPerRequest"/>, the write is posted as a linked list of work requests of at
+    /// most that size, in one call: only the last carries <paramref name="flags"/>' Signaled and Solicited and the
+    /// immediate data, all carry <paramref name="workRequestId"/> (an error on an earlier, unsignaled piece still
+    /// completes, with that id, and the rest flush). On a QP created with SignalAll every piece completes.
+    /// See docs/known-defects.md.
+    /// </remarks>
+    /// <exception cref="ArgumentOutOfRangeException">The split would take more work requests than one post may (the
+    /// send queue's depth, at most 256).</exception>
+    /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets.</exception>
     public void PostWrite(ulong workRequestId, LocalSegment source, RemoteRegion target, ulong targetOffset = 0,
         SendFlags flags = SendFlags.Signaled, uint? immediate = null)
     {
         target.CheckRange(targetOffset, source.Length);
-        var sge = new ibv_sge { addr = source.Address, length = source.Length, lkey = source.Region.LocalKey };
-        var wr = new ibv_send_wr
-        {
-            wr_id = workRequestId,
-            sg_list = &sge,
-            num_sge = 1,
-            opcode = immediate.HasValue ? ibv_wr_opcode.IBV_WR_RDMA_WRITE_WITH_IMM : ibv_wr_opcode.IBV_WR_RDMA_WRITE,
-            send_flags = (uint)flags,
-        };
-        if (immediate.HasValue)
-            wr.imm_data = System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(immediate.Value);
-        wr.wr.rdma.remote_addr = target.Address + targetOffset;
-        wr.wr.rdma.rkey = target.RemoteKey;
-        Post(&wr, source.Region);
+        PostTransfer(workRequestId, immediate.HasValue ? ibv_wr_opcode.IBV_WR_RDMA_WRITE_WITH_IMM : ibv_wr_opcode.IBV_WR_RDMA_WRITE,
+            flags, immediate ?? 0, source, target.Address + targetOffset, target.RemoteKey, target.MaxTransferPerRequest);
     }
 
     /// <summary>Posts an RDMA READ of <paramref name="destination"/>.Length bytes from <paramref name="source"/> at <paramref name="sourceOffset"/>.</summary>
+    /// <remarks>Split like <see cref="PostWrite"/> when <paramref name="destination"/> is an ODP region on an unsafe
+    /// device or <paramref name="source"/> advertises a limit.</remarks>
+    /// <exception cref="ArgumentOutOfRangeException">As for <see cref="PostWrite"/>.</exception>
+    /// <exception cref="NotSupportedException">As for <see cref="PostWrite"/>.</exception>
     public void PostRead(ulong workRequestId, LocalSegment destination, RemoteRegion source, ulong sourceOffset = 0, SendFlags flags = SendFlags.Signaled)
     {
         source.CheckRange(sourceOffset, destination.Length);
-        var sge = new ibv_sge { addr = destination.Address, length = destination.Length, lkey = destination.Region.LocalKey };
-        var wr = new ibv_send_wr
+        PostTransfer(workRequestId, ibv_wr_opcode.IBV_WR_RDMA_READ, flags, 0, destination, source.Address + sourceOffset,
+            source.RemoteKey, source.MaxTransferPerRequest);
+    }
+
+    void PostTransfer(ulong workRequestId, ibv_wr_opcode opcode, SendFlags flags, uint immediate, LocalSegment local,
+        ulong remoteAddress, uint remoteKey, uint remoteLimit)
+    {
+        uint limit = TransferLimit(opcode == ibv_wr_opcode.IBV_WR_RDMA_READ ? "RDMA READ" : "RDMA WRITE", local, remoteLimit);
+        int n = TransferSplit.Count(local.Length, limit);
+        CheckPieceCount(n, local.Length, limit);
+        ibv_send_wr* wrs = stackalloc ibv_send_wr[n];
+        ibv_sge* sges = stackalloc ibv_sge[n];
+        FillPieces(wrs, sges, n, limit, workRequestId, opcode, flags, immediate, local, remoteAddress, remoteKey);
+        Post(wrs, local.Region);
+    }
+
+    /// <summary>Fills <paramref name="n"/> linked work requests for one transfer split at <paramref name="limit"/>.</summary>
+    internal static void FillPieces(ibv_send_wr* wrs, ibv_sge* sges, int n, uint limit, ulong workRequestId, ibv_wr_opcode opcode, SendFlags flags,
+        uint immediate, LocalSegment local, ulong remoteAddress, uint remoteKey)
+    {
+        const SendFlags LastOnly = SendFlags.Signaled | SendFlags.Solicited;
+        for (int i = 0; i < n; i++)
         {
-            wr_id = workRequestId,
-            sg_list = &sge,
-            num_sge = 1,
-            opcode = ibv_wr_opcode.IBV_WR_RDMA_READ,
-            send_flags = (uint)flags,
-        };
-        wr.wr.rdma.remote_addr = source.Address + sourceOffset;
-        wr.wr.rdma.rkey = source.RemoteKey;
-        Post(&wr, destination.Region);
+            var (offset, length) = n == 1 ? (0u, local.Length) : TransferSplit.Piece(i, local.Length, limit);
+            bool last = i == n - 1;
+            sges[i] = new ibv_sge { addr = local.Address + offset, length = length, lkey = local.Region.LocalKey };
+            SendFlags f = last ? flags : flags & ~LastOnly;
+            if (i > 0)
+                f &= ~SendFlags.Fence;
+            wrs[i] = new ibv_send_wr
+            {
+                wr_id = workRequestId,
+                sg_list = &sges[i],
+                num_sge = 1,
+                opcode = last || opcode != ibv_wr_opcode.IBV_WR_RDMA_WRITE_WITH_IMM ? opcode : ibv_wr_opcode.IBV_WR_RDMA_WRITE,
+                send_flags = (uint)f,
+                next = last ? null : &wrs[i + 1],
+            };
+            if (last && opcode == ibv_wr_opcode.IBV_WR_RDMA_WRITE_WITH_IMM)
+                wrs[i].imm_data = System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(immediate);
+            wrs[i].wr.rdma.remote_addr = remoteAddress + offset;
+            wrs[i].wr.rdma.rkey = remoteKey;
+        }
+    }
+
+    // ---- ODP integrity protection (docs/known-defects.md) ------------------------------------
+
+    /// <summary>
+    /// The largest transfer one work request may move for <paramref name="local"/> and a remote limit (a remote
+    /// region's 0: none); throws when an ODP transfer cannot be made safe by splitting.
+    /// </summary>
+    uint TransferLimit(string what, LocalSegment local, uint remoteLimit)
+    {
+        if (OdpLimitOverride is uint forced)
+            return forced;
+        uint limit = remoteLimit == 0 ? OdpIntegrityResult.Unlimited : remoteLimit;
+        if (!local.Region.IsOnDemand)
+            return limit;
+        var rule = OdpRule();
+        if (rule.IsSound)
+            return limit;
+        if (rule.MaxTransfer == 0)
+            throw OdpUnsafe(what, local, rule, "found that not even single-packet transfers into and out of ODP memory arrive intact.", "Use a pinned region on this device.");
+        CheckAlignment(what, local, rule);
+        limit = Math.Min(limit, rule.MaxTransfer);
+        if (local.Length > limit && limit % rule.Alignment != 0)
+            throw OdpUnsafe(what, local, rule,
+                $"found transfers into and out of ODP memory correct only up to {rule.MaxTransfer} bytes per work request and only from {rule.Alignment}-byte aligned addresses.",
+                $"Split at {limit} bytes, the pieces after the first would start inside a page and land at the page's start: move at most {limit} bytes per call to an aligned address, or use a pinned region.");
+        return limit;
+    }
+
+    /// <summary>This QP's ODP rule, looked up once (the first lookup may run the probe).</summary>
+    OdpRule OdpRule()
+    {
+        long known = Volatile.Read(ref _odpLimit);
+        if (known >= 0)
+            return new OdpRule((uint)known, (uint)(known >> 32));
+        Mtu mtu = PathMtu ?? ProtectionDomain.Device.QueryPort(1).ActiveMtu;
+        var rule = ProtectionDomain.Device.OdpTransferRule(mtu);
+        if (PathMtu != null)
+            Volatile.Write(ref _odpLimit, (long)rule.Alignment << 32 | rule.MaxTransfer);
+        return rule;
+    }
+
+    void CheckAlignment(string what, LocalSegment segment, OdpRule rule)
+    {
+        if (rule.Alignment > 1 && segment.Address % rule.Alignment != 0)
+            throw OdpUnsafe(what, segment, rule,
+                $"found that transfers into and out of ODP memory are only correct from {rule.Alignment}-byte aligned addresses (the device drops the in-page offset: the data lands at, or comes from, the page's start).",
+                $"This one starts {segment.Address % rule.Alignment} bytes into a page: use an aligned offset or a pinned region.");
+    }
+
+    /// <summary>A message (SEND, receive) cannot be split: refuse one in an ODP region that is larger than is safe or misaligned.</summary>
+    void CheckMessage(string what, LocalSegment segment)
+    {
+        if (!segment.Region.IsOnDemand)
+            return;
+        OdpRule rule;
+        if (OdpLimitOverride is uint forced)
+            rule = new OdpRule(forced, 1);
+        else
+            rule = OdpRule();
+        if (rule.IsSound)
+            return;
+        if (rule.MaxTransfer == 0)
+            throw OdpUnsafe(what, segment, rule, "found that not even single-packet transfers into and out of ODP memory arrive intact.", "Use a pinned region on this device.");
+        CheckAlignment(what, segment, rule);
+        if (segment.Length > rule.MaxTransfer)
+            throw OdpUnsafe(what, segment, rule,
+                $"found transfers into and out of ODP memory safe only up to {rule.MaxTransfer} bytes per work request.",
+                what == "receive"
+                    ? $"A receive buffer in an ODP region there may hold at most {rule.MaxTransfer} bytes (one packet); receive into a pinned region instead."
+                    : $"A SEND is one message and cannot be split: send at most {rule.MaxTransfer} bytes from an ODP region there, or send from a pinned region.");
+    }
+
+    NotSupportedException OdpUnsafe(string what, LocalSegment segment, OdpRule rule, string found, string advice)
+    {
+        _ = rule;
+        string mtu = PathMtu is { } m ? m.Bytes().ToString(System.Globalization.CultureInfo.InvariantCulture) : "(the port's active MTU)";
+        return new NotSupportedException(
+            $"{what} of {segment.Length} bytes in {segment.Region}: an On-Demand-Paging region on {ProtectionDomain.Device.Name}, where the ODP " +
+            $"integrity probe at path MTU {mtu} {found} (rxe misplaces transfers that touch ODP memory; see docs/known-defects.md) {advice}");
+    }
+
+    void CheckPieceCount(int n, ulong length, uint limit)
+    {
+        if (n <= 1)
+            return;
+        int max = Math.Min(TransferSplit.MaxPieces, _maxSendRequests);
+        if (n > max)
+            throw new ArgumentOutOfRangeException(nameof(length), length,
+                $"{this}: this transfer must be split into {n} work requests of at most {limit} bytes (an ODP region on a device with the " +
+                $"multi-packet defect, or the remote region's MaxTransferPerRequest; see docs/known-defects.md), more than one post may take " +
+                $"({max}: the send queue holds {_maxSendRequests}, a split at most {TransferSplit.MaxPieces}). Post at most {(ulong)max * limit} bytes per call.");
     }
 
     /// <summary>
@@ -468,8 +620,12 @@ public sealed unsafe class QueuePair : VerbsObject
         : throw new NotSupportedException($"{what} needs the extended work-request API, which {this} was created without (the device or libibverbs lacks it).");
 
     /// <summary>Posts a receive buffer.</summary>
+    /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device
+    /// whose ODP data path is unsafe for multi-packet transfers at this QP's path MTU, and is larger than the safe size
+    /// (one packet): a message arriving there could be misplaced (see docs/known-defects.md).</exception>
     public void PostReceive(ulong workRequestId, LocalSegment buffer)
     {
+        CheckMessage("receive", buffer);
         var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
         var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
         buffer.Region.EnterForPost();
@@ -499,19 +655,54 @@ public sealed unsafe class QueuePair : VerbsObject
         const int MaxList = 64;
         if (requests.Length > MaxList)
             throw new ArgumentOutOfRangeException(nameof(requests), requests.Length, $"post at most {MaxList} requests per list");
-        ibv_send_wr* wrs = stackalloc ibv_send_wr[requests.Length];
-        ibv_sge* sges = stackalloc ibv_sge[requests.Length];
+        // Writes and reads are split as PostWrite/PostRead split them; SENDs are checked, not split.
+        uint* limits = stackalloc uint[requests.Length];
+        int total = 0;
+        for (int i = 0; i < requests.Length; i++)
+        {
+            ref readonly SendRequest r = ref requests[i];
+            if (r.IsSend)
+            {
+                CheckMessage("SEND", r.Local);
+                limits[i] = OdpIntegrityResult.Unlimited;
+            }
+            else
+            {
+                limits[i] = TransferLimit(r.IsRead ? "RDMA READ" : "RDMA WRITE", r.Local, r.RemoteLimit);
+            }
+            total += TransferSplit.Count(r.Local.Length, limits[i]);
+            if (total > TransferSplit.MaxPieces)
+                break;
+        }
+        int maxPieces = Math.Min(TransferSplit.MaxPieces, _maxSendRequests);
+        if (total > maxPieces && total > requests.Length)
+            throw new ArgumentOutOfRangeException(nameof(requests), requests.Length,
+                $"{this}: these {requests.Length} requests must be split into {(total > TransferSplit.MaxPieces ? "more than " + TransferSplit.MaxPieces : total)} work requests " +
+                $"(ODP regions on a device with the multi-packet defect, or remote regions' MaxTransferPerRequest; see docs/known-defects.md), more than one post " +
+                $"may take ({maxPieces}: the send queue holds {_maxSendRequests}, a split at most {TransferSplit.MaxPieces}). Post fewer or smaller transfers per call.");
+        ibv_send_wr* wrs = stackalloc ibv_send_wr[total];
+        ibv_sge* sges = stackalloc ibv_sge[total];
         int entered = 0;
         try
         {
+            int k = 0;
             for (int i = 0; i < requests.Length; i++)
             {
                 ref readonly SendRequest r = ref requests[i];
                 r.Local.Region.EnterForPost();
                 entered++;
-                sges[i] = new ibv_sge { addr = r.Local.Address, length = r.Local.Length, lkey = r.Local.Region.LocalKey };
-                wrs[i] = r.ToNative(&sges[i]);
-                wrs[i].next = i + 1 < requests.Length ? &wrs[i + 1] : null;
+                int n = TransferSplit.Count(r.Local.Length, limits[i]);
+                if (n == 1)
+                {
+                    sges[k] = new ibv_sge { addr = r.Local.Address, length = r.Local.Length, lkey = r.Local.Region.LocalKey };
+                    wrs[k] = r.ToNative(&sges[k]);
+                }
+                else
+                {
+                    r.FillPieces(wrs + k, sges + k, n, limits[i]);
+                }
+                k += n;
+                wrs[k - 1].next = k < total ? &wrs[k] : null;
             }
             nint qp = Handle.Enter();
             try
@@ -519,7 +710,7 @@ public sealed unsafe class QueuePair : VerbsObject
                 ibv_send_wr* bad;
                 int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp, wrs, &bad);
                 if (rc != 0)
-                    throw new VerbsException("ibv_post_send", $"{this} (request {bad - wrs} of {requests.Length})", rc, PostHint(rc));
+                    throw new VerbsException("ibv_post_send", $"{this} (work request {bad - wrs} of {total} for {requests.Length} requests)", rc, PostHint(rc));
             }
             finally
             {
@@ -571,8 +762,9 @@ public readonly struct SendRequest
     readonly SendFlags _flags;
     readonly ulong _remoteAddress;
     readonly uint _remoteKey;
+    internal readonly uint RemoteLimit;
 
-    SendRequest(ulong wrId, LocalSegment local, ibv_wr_opcode opcode, SendFlags flags, ulong remoteAddress, uint remoteKey)
+    SendRequest(ulong wrId, LocalSegment local, ibv_wr_opcode opcode, SendFlags flags, ulong remoteAddress, uint remoteKey, uint remoteLimit)
     {
         WorkRequestId = wrId;
         Local = local;
@@ -580,24 +772,28 @@ public readonly struct SendRequest
         _flags = flags;
         _remoteAddress = remoteAddress;
         _remoteKey = remoteKey;
+        RemoteLimit = remoteLimit;
     }
+
+    internal bool IsSend => _opcode == ibv_wr_opcode.IBV_WR_SEND;
+    internal bool IsRead => _opcode == ibv_wr_opcode.IBV_WR_RDMA_READ;
 
     /// <summary>A SEND of <paramref name="data"/>.</summary>
     public static SendRequest Send(ulong workRequestId, LocalSegment data, SendFlags flags = SendFlags.Signaled) =>
-        new(workRequestId, data, ibv_wr_opcode.IBV_WR_SEND, flags, 0, 0);
+        new(workRequestId, data, ibv_wr_opcode.IBV_WR_SEND, flags, 0, 0, 0);
 
     /// <summary>An RDMA WRITE of <paramref name="source"/> to <paramref name="target"/>+<paramref name="targetOffset"/>.</summary>
     public static SendRequest Write(ulong workRequestId, LocalSegment source, RemoteRegion target, ulong targetOffset = 0, SendFlags flags = SendFlags.Signaled)
     {
         target.CheckRange(targetOffset, source.Length);
-        return new(workRequestId, source, ibv_wr_opcode.IBV_WR_RDMA_WRITE, flags, target.Address + targetOffset, target.RemoteKey);
+        return new(workRequestId, source, ibv_wr_opcode.IBV_WR_RDMA_WRITE, flags, target.Address + targetOffset, target.RemoteKey, target.MaxTransferPerRequest);
     }
 
     /// <summary>An RDMA READ into <paramref name="destination"/> from <paramref name="source"/>+<paramref name="sourceOffset"/>.</summary>
     public static SendRequest Read(ulong workRequestId, LocalSegment destination, RemoteRegion source, ulong sourceOffset = 0, SendFlags flags = SendFlags.Signaled)
     {
         source.CheckRange(sourceOffset, destination.Length);
-        return new(workRequestId, destination, ibv_wr_opcode.IBV_WR_RDMA_READ, flags, source.Address + sourceOffset, source.RemoteKey);
+        return new(workRequestId, destination, ibv_wr_opcode.IBV_WR_RDMA_READ, flags, source.Address + sourceOffset, source.RemoteKey, source.MaxTransferPerRequest);
     }
 
     internal unsafe ibv_send_wr ToNative(ibv_sge* sge)
@@ -607,4 +803,7 @@ public readonly struct SendRequest
         wr.wr.rdma.rkey = _remoteKey;
         return wr;
     }
+
+    internal unsafe void FillPieces(ibv_send_wr* wrs, ibv_sge* sges, int n, uint limit) =>
+        QueuePair.FillPieces(wrs, sges, n, limit, WorkRequestId, _opcode, _flags, 0, Local, _remoteAddress, _remoteKey);
 }

@@ -44,8 +44,20 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
     static int Destroy(nint srq) => libibverbs.ibv_destroy_srq((ibv_srq*)srq);
 
     /// <summary>Posts a receive buffer to the shared queue.</summary>
+    /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device whose
+    /// ODP data path misplaces multi-packet transfers at a port's active MTU, and is larger than the safe size (one packet;
+    /// see docs/known-defects.md). An SRQ is not tied to one QP: the limit is the one for the ports' active MTUs.</exception>
     public void PostReceive(ulong workRequestId, LocalSegment buffer)
     {
+        if (buffer.Region.IsOnDemand)
+        {
+            var rule = ProtectionDomain.Device.OdpTransferRuleForPeers();
+            if (!rule.IsSound && (buffer.Length > rule.MaxTransfer || buffer.Address % rule.Alignment != 0))
+                throw new NotSupportedException(
+                    $"receive of {buffer.Length} bytes in {buffer.Region}: an On-Demand-Paging region on {ProtectionDomain.Device.Name}, where the ODP integrity " +
+                    $"probe found transfers into ODP memory correct only up to {rule.MaxTransfer} bytes per work request from {rule.Alignment}-byte aligned addresses " +
+                    "(rxe misplaces transfers that touch ODP memory; see docs/known-defects.md). Receive into a pinned region instead.");
+        }
         var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
         var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
         buffer.Region.EnterForPost();
