@@ -182,16 +182,19 @@ public unsafe class MemoryRegion : VerbsObject
     /// the limit; a peer that ignores it can still corrupt the region (see docs/known-defects.md).
     /// </summary>
     /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets.</exception>
-    public RemoteRegion ToRemote() => new(Iova, Length, RemoteKey, PeerLimit(null));
+    public RemoteRegion ToRemote() => ToRemote(PeerRule(null));
 
     /// <summary>As <see cref="ToRemote()"/>, with the limit for queue pairs whose path MTU is <paramref name="pathMtu"/>.</summary>
     /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets at that MTU.</exception>
-    public RemoteRegion ToRemote(Mtu pathMtu) => new(Iova, Length, RemoteKey, PeerLimit(pathMtu));
+    public RemoteRegion ToRemote(Mtu pathMtu) => ToRemote(PeerRule(pathMtu));
 
-    uint PeerLimit(Mtu? pathMtu)
+    RemoteRegion ToRemote(OdpRule rule) => new(Iova, Length, RemoteKey,
+        rule.MaxTransfer == OdpIntegrityResult.Unlimited ? 0 : rule.MaxTransfer, rule.Alignment <= 1 ? 0 : rule.Alignment);
+
+    OdpRule PeerRule(Mtu? pathMtu)
     {
         if (!IsOnDemand)
-            return 0;
+            return OdpRule.Sound;
         Device device = ProtectionDomain.Device;
         var rule = pathMtu is { } m ? device.OdpTransferRule(m) : device.OdpTransferRuleForPeers();
         if (rule.MaxTransfer == 0)
@@ -201,7 +204,7 @@ public unsafe class MemoryRegion : VerbsObject
             throw new NotSupportedException($"{this} is an On-Demand-Paging region on {device.Name}, where the ODP integrity probe found transfers correct only " +
                 $"up to {rule.MaxTransfer} bytes per work request and only from {rule.Alignment}-byte aligned addresses: no split of a larger transfer is correct, " +
                 "so peers must not be given access to it at this path MTU (see docs/known-defects.md). Use a pinned region, or a path MTU of the page size.");
-        return rule.MaxTransfer == OdpIntegrityResult.Unlimited ? 0 : rule.MaxTransfer;
+        return rule;
     }
 
     /// <inheritdoc/>

@@ -18,16 +18,18 @@ public readonly record struct LocalSegment(MemoryRegion Region, ulong Offset, ui
 /// What a peer needs to reach one of our regions (or we one of theirs): the address peers use
 /// (IOVA), the length and the rkey, plus the largest transfer one work request may move into or
 /// out of it (0: no limit) so that both sides split transfers the device cannot move correctly
-/// (see docs/known-defects.md).
+/// (see docs/known-defects.md), and the alignment every transfer's start address must have there.
 /// </summary>
 /// <param name="Address">The region's first byte as the peer addresses it.</param>
 /// <param name="Length">Bytes.</param>
 /// <param name="RemoteKey">The rkey.</param>
 /// <param name="MaxTransferPerRequest">Largest safe transfer per work request, 0 when unlimited.</param>
-public readonly record struct RemoteRegion(ulong Address, ulong Length, uint RemoteKey, uint MaxTransferPerRequest = 0)
+/// <param name="RequiredAlignment">Alignment every transfer's remote start address needs (0 or 1: none). On rxe's ODP
+/// data path, data for a mid-page address lands at the page start, so ODP regions there advertise the page size.</param>
+public readonly record struct RemoteRegion(ulong Address, ulong Length, uint RemoteKey, uint MaxTransferPerRequest = 0, uint RequiredAlignment = 0)
 {
     /// <summary>Size of <see cref="WriteTo"/>'s encoding.</summary>
-    public const int EncodedLength = 24;
+    public const int EncodedLength = 28;
 
     /// <summary>Writes the region in a fixed little-endian layout, for out-of-band exchange.</summary>
     public void WriteTo(Span<byte> destination)
@@ -38,6 +40,7 @@ public readonly record struct RemoteRegion(ulong Address, ulong Length, uint Rem
         System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(destination[8..], Length);
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[16..], RemoteKey);
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[20..], MaxTransferPerRequest);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[24..], RequiredAlignment);
     }
 
     /// <summary>Reads what <see cref="WriteTo"/> wrote.</summary>
@@ -48,11 +51,16 @@ public readonly record struct RemoteRegion(ulong Address, ulong Length, uint Rem
         return new(System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(source),
             System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(source[8..]),
             System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[16..]),
-            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[20..]));
+            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[20..]),
+            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[24..]));
     }
 
     internal void CheckRange(ulong offset, ulong length)
     {
+        if (RequiredAlignment > 1 && (Address + offset) % RequiredAlignment != 0)
+            throw new ArgumentException(
+                $"remote address 0x{Address + offset:x} is not {RequiredAlignment}-byte aligned, which this region requires: it is an On-Demand-Paging " +
+                "region on a device that places data for mid-page addresses at the page start (see docs/known-defects.md).", nameof(offset));
         if (offset > Length || length > Length - offset)
             throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset + length}) is outside the remote region of {Length} bytes.");
     }
