@@ -578,7 +578,7 @@ public sealed unsafe class QueuePair : VerbsObject
         target.CheckRange(targetOffset, 8);
         if (((target.Address + targetOffset) & 7) != 0)
             throw new ArgumentException($"ATOMIC WRITE needs an 8-byte aligned remote address (0x{target.Address + targetOffset:x})", nameof(targetOffset));
-        ibv_qp_ex* qpx = RequireExtended("ATOMIC WRITE");
+        ibv_qp_ex* qpx = RequireExtended("ATOMIC WRITE", "ibv_wr_atomic_write");
         Handle.Enter();
         try
         {
@@ -602,7 +602,7 @@ public sealed unsafe class QueuePair : VerbsObject
     {
         if (level == FlushLevel.Range)
             target.CheckRange(targetOffset, length);
-        ibv_qp_ex* qpx = RequireExtended("FLUSH");
+        ibv_qp_ex* qpx = RequireExtended("FLUSH", "ibv_wr_flush");
         Handle.Enter();
         try
         {
@@ -616,8 +616,20 @@ public sealed unsafe class QueuePair : VerbsObject
         }
     }
 
-    ibv_qp_ex* RequireExtended(string what) => _qpx != null ? _qpx
-        : throw new NotSupportedException($"{what} needs the extended work-request API, which {this} was created without (the device or libibverbs lacks it).");
+    ibv_qp_ex* RequireExtended(string what, string entryPoint)
+    {
+        if (_qpx == null)
+            throw new NotSupportedException($"{what} needs the extended work-request API, which {this} was created without (the device or libibverbs lacks it).");
+        // Its slot sits past the end of an older libibverbs' struct ibv_qp_ex: check the library once per entry point.
+        if (entryPoint == "ibv_wr_flush" ? !s_flushChecked : !s_atomicWriteChecked)
+        {
+            NativeLibraries.RequireIbVerbs(entryPoint);
+            if (entryPoint == "ibv_wr_flush") s_flushChecked = true; else s_atomicWriteChecked = true;
+        }
+        return _qpx;
+    }
+
+    static bool s_flushChecked, s_atomicWriteChecked;
 
     /// <summary>Posts a receive buffer.</summary>
     /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device
