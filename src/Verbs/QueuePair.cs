@@ -196,7 +196,7 @@ public sealed unsafe class QueuePair : VerbsObject
             qp_state = ibv_qp_state.IBV_QPS_INIT,
             pkey_index = 0,
             port_num = options.Port,
-            qp_access_flags = (uint)(options.RemoteAccess | AccessFlags.LocalWrite),
+            qp_access_flags = (uint)((options.RemoteAccess ?? DefaultRemoteAccess(ProtectionDomain.Device)) | AccessFlags.LocalWrite),
         };
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_PKEY_INDEX | ibv_qp_attr_mask.IBV_QP_PORT | ibv_qp_attr_mask.IBV_QP_ACCESS_FLAGS, "RESET->INIT");
 
@@ -232,6 +232,11 @@ public sealed unsafe class QueuePair : VerbsObject
         PathMtu = mtu;
         Volatile.Write(ref _odpLimit, -1);
     }
+
+    static AccessFlags DefaultRemoteAccess(Device device) =>
+        AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic
+        | (device.Attributes.FlushGlobal ? AccessFlags.FlushGlobal : 0)
+        | (device.Attributes.FlushPersistent ? AccessFlags.FlushPersistent : 0);
 
     /// <summary>Moves a UD QP to RTS, receiving datagrams sent with <paramref name="qkey"/>.</summary>
     public void ActivateDatagram(uint qkey, byte port = 1)

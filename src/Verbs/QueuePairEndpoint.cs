@@ -80,6 +80,9 @@ public sealed record ConnectOptions
     public byte RnrRetry { get; init; } = 7;
     /// <summary>Minimum RNR NAK timer code the responder asks for.</summary>
     public byte MinRnrTimer { get; init; } = 1;
-    /// <summary>Access the peer gets to this QP's regions (RDMA WRITE/READ/atomics need it here too).</summary>
-    public AccessFlags RemoteAccess { get; init; } = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic;
+    /// <summary>
+    /// Operations the peer may direct at this QP (RDMA WRITE/READ, atomics, FLUSH need it here as well as on the
+    /// region). Default: write, read, atomics, and the FLUSH types the device supports.
+    /// </summary>
+    public AccessFlags? RemoteAccess { get; init; }
 }

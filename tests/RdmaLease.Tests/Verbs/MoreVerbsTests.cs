@@ -187,3 +187,78 @@ public class MoreVerbsTests
         Assert.That(p.ExitCode, Is.Zero, $"{file} {args}");
     }
 }
+
+/// <summary>FLUSH (global visibility and persistence) and explicit IOVAs.</summary>
+[Category("Guest")]
+public class FlushAndIovaTests
+{
+    const AccessFlags Rw = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
+
+    [Test]
+    public void FlushForVisibilityOnMemory()
+    {
+        using var pair = RcPair.Loopback();
+        Assert.That(pair.DeviceA.Attributes.FlushGlobal, "rxe reports FLUSH global");
+        using var local = pair.PdA.AllocateBuffer(4096, Rw);
+        using var remote = pair.PdB.AllocateBuffer(8192, Rw | AccessFlags.FlushGlobal);
+        Patterns.Fill(local.Span, 4);
+        pair.A.PostWrite(1, local.All, remote.ToRemote(), 4096, SendFlags.None);
+        pair.A.PostFlush(2, remote.ToRemote(), 4096, 4096, FlushType.Global);
+        RcPair.Expect(pair.CqA, WorkCompletionOpcode.Flush, 2);
+        Patterns.AssertEqual(remote.Span.Slice(4096, 4096), local.Span, "written, then flushed");
+    }
+
+    [Test]
+    public unsafe void FlushToPersistenceOnAnFsDaxFile()
+    {
+        using var pair = RcPair.Loopback();
+        Assert.That(pair.DeviceA.Attributes.FlushPersistent, "rxe reports FLUSH persistent");
+        using var dir = new TempDir(under: "/mnt/xfs");
+        using var file = RdmaLease.Leases.DaxFile.Open(Path.Combine(dir.Path, "flush"), new RdmaLease.Leases.DaxFileOptions { Size = 16384 });
+        Assert.That(file.IsDax);
+        // On FS-DAX only an ODP registration is possible; FlushPersistent is accepted because the pages are pmem.
+        using var region = pair.PdB.Register(file.BaseAddress, (nuint)file.Length, Rw | AccessFlags.OnDemand | AccessFlags.FlushPersistent | AccessFlags.FlushGlobal);
+        using var local = pair.PdA.AllocateBuffer(8192, Rw);
+        Patterns.Fill(local.Span, 6);
+        pair.A.PostWrite(1, local.All, region.ToRemote(), 4096, SendFlags.None);
+        pair.A.PostFlush(2, region.ToRemote(), 4096, 8192, FlushType.Persistent);
+        RcPair.Expect(pair.CqA, WorkCompletionOpcode.Flush, 2);
+        Patterns.AssertEqual(file.GetSpan(4096, 8192), local.Span, "the file holds the flushed bytes");
+        pair.A.PostFlush(3, region.ToRemote(), 0, 0, FlushType.Persistent, FlushLevel.MemoryRegion);
+        RcPair.Expect(pair.CqA, WorkCompletionOpcode.Flush, 3);
+    }
+
+    [Test]
+    public unsafe void PinnedFlushPersistentOnDramIsRefusedWithAHint()
+    {
+        using var device = Device.Open("rxelo");
+        using var pd = device.AllocateProtectionDomain();
+        var e = Assert.Throws<VerbsException>(() => pd.AllocateBuffer(4096, Rw | AccessFlags.FlushPersistent))!;
+        Assert.That(e.Errno, Is.EqualTo(22), e.Message);
+        Assert.That(e.Message, Does.Contain("EINVAL").And.Contain("persistent memory"));
+    }
+
+    [Test]
+    public unsafe void ExplicitIovaIsWhatPeersAddress()
+    {
+        using var pair = RcPair.Loopback();
+        nuint size = 8192;
+        void* memory = NativeMemory.AlignedAlloc(size, 4096);
+        try
+        {
+            NativeMemory.Clear(memory, size);
+            const ulong Iova = 0x4000_0000;
+            using var region = pair.PdB.Register(memory, size, Rw, iova: Iova);
+            Assert.That(region.ToRemote().Address, Is.EqualTo(Iova));
+            using var local = pair.PdA.AllocateBuffer(4096, Rw);
+            Patterns.Fill(local.Span[..100], 12);
+            pair.A.PostWrite(1, local.Slice(0, 100), region.ToRemote(), 4096);
+            RcPair.Expect(pair.CqA, WorkCompletionOpcode.RdmaWrite, 1);
+            Patterns.AssertEqual(new ReadOnlySpan<byte>((byte*)memory + 4096, 100), local.Span[..100], "write at IOVA+4096");
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(memory);
+        }
+    }
+}
