@@ -394,6 +394,7 @@ public unsafe class LeasedRegistrationGuestTests
         Assert.That(p.Ok, Is.True, p.Output);
         Assert.That(broke.Task.Wait(Generous), Is.True);
 
+        SyncFilesystems();   // commit the frees, so the allocator may hand the blocks out again (XFS/ext4 keep them busy until then)
         string newPath = dir.File("newcomer");
         using (var fs = new FileStream(newPath, FileMode.CreateNew, FileAccess.Write))
         {
@@ -579,6 +580,9 @@ public unsafe class LeasedRegistrationGuestTests
         Report($"leased-latency-{Fs(mount)}.md", sb.ToString());
         Assert.That(MedianMax(truncater).Median, Is.LessThan(FileLease.LeaseBreakTime.TotalMilliseconds / 10));
     }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "sync")]
+    private static extern void SyncFilesystems();
 
     private static void WriteBlock(RcPair pair, RemoteRegion remote, ulong offset)
     {
