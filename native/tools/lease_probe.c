@@ -7,15 +7,30 @@
 //     open-rdonly | open-rdwr  open(2) and close; add -nonblock for O_NONBLOCK (EAGAIN at once)
 //     unlink | chmod MODE | rename NEWPATH | link NEWPATH
 //     punch OFFSET LENGTH      open O_RDWR, fallocate(PUNCH_HOLE|KEEP_SIZE)
+//     collapse OFFSET LENGTH   open O_RDWR, fallocate(COLLAPSE_RANGE)
+//     clone SOURCE             open PATH O_RDWR, ioctl(FICLONE, SOURCE): reflink SOURCE onto PATH
 //
 // Output, one line: "ok|err ERRNO start_ns=S end_ns=E elapsed_ns=D". Exit 0 on success,
 // 1 when the operation failed, 2 on a usage error.
+//
+//   rdmalease-lease-probe hold PATH [DEVICE]
+//     A lease holder that never gives the lease back: opens PATH O_RDWR, maps it MAP_SHARED, with
+//     DEVICE registers the mapping as an ODP memory region (libibverbs loaded with dlopen, remote
+//     write), ignores the break signal (SIGIO), takes a write delegation (F_SETDELEG, else a
+//     lease), prints "held deleg|lease rkey=0xR pid=P" and sleeps until killed. A breaking
+//     process then waits out lease-break-time, or until this process dies.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dlfcn.h>
+#include <linux/fs.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,7 +44,7 @@ static long long now_ns(void)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: rdmalease-lease-probe truncate|open-rdonly[-nonblock]|open-rdwr[-nonblock]|unlink|chmod|rename|link|punch PATH [ARG...]\n");
+    fprintf(stderr, "usage: rdmalease-lease-probe truncate|open-rdonly[-nonblock]|open-rdwr[-nonblock]|unlink|chmod|rename|link|punch|collapse|clone|hold PATH [ARG...]\n");
     return 2;
 }
 
@@ -42,6 +57,88 @@ static int open_close(const char* path, int flags)
     return 0;
 }
 
+// The start of struct ibv_mr (infiniband/verbs.h, stable ABI since libibverbs 1.1).
+struct probe_ibv_mr {
+    void* context;
+    void* pd;
+    void* addr;
+    size_t length;
+    uint32_t handle;
+    uint32_t lkey;
+    uint32_t rkey;
+};
+
+static int fail(const char* what)
+{
+    int e = errno;
+    fprintf(stderr, "hold: %s: %s\n", what, strerror(e));
+    printf("err %d %s\n", e, what);
+    return 1;
+}
+
+// Registers [addr, addr+len) on DEVICE as an ODP region with remote write; returns the rkey or -1.
+static long long register_odp(const char* device, void* addr, size_t len)
+{
+    void* lib = dlopen("libibverbs.so.1", RTLD_NOW);
+    if (!lib) {
+        fprintf(stderr, "hold: %s\n", dlerror());
+        errno = ENOENT;
+        return -1;
+    }
+    void** (*get_list)(int*) = (void** (*)(int*))dlsym(lib, "ibv_get_device_list");
+    const char* (*get_name)(void*) = (const char* (*)(void*))dlsym(lib, "ibv_get_device_name");
+    void* (*open_device)(void*) = (void* (*)(void*))dlsym(lib, "ibv_open_device");
+    void* (*alloc_pd)(void*) = (void* (*)(void*))dlsym(lib, "ibv_alloc_pd");
+    struct probe_ibv_mr* (*reg_mr)(void*, void*, size_t, int) = (struct probe_ibv_mr* (*)(void*, void*, size_t, int))dlsym(lib, "ibv_reg_mr");
+    if (!get_list || !get_name || !open_device || !alloc_pd || !reg_mr) {
+        errno = ENOSYS;
+        return -1;
+    }
+    int n = 0;
+    void** list = get_list(&n);
+    for (int i = 0; list && i < n; i++) {
+        if (strcmp(get_name(list[i]), device) != 0)
+            continue;
+        void* ctx = open_device(list[i]);
+        void* pd = ctx ? alloc_pd(ctx) : NULL;
+        // IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_ON_DEMAND
+        struct probe_ibv_mr* mr = pd ? reg_mr(pd, addr, len, 1 | 2 | 64) : NULL;
+        return mr ? (long long)mr->rkey : -1;
+    }
+    errno = ENODEV;
+    return -1;
+}
+
+static int hold(const char* path, const char* device)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return fail("open");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size <= 0)
+        return fail("fstat (the file must not be empty)");
+    void* map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        return fail("mmap");
+    long long rkey = 0;
+    if (device && (rkey = register_odp(device, map, (size_t)st.st_size)) < 0)
+        return fail("ibv_reg_mr (ODP)");
+    signal(SIGIO, SIG_IGN);   // the break signal: ignored, so the lease is never given back
+    struct { uint32_t d_flags; uint16_t d_type; uint16_t pad; } deleg = { 0, F_WRLCK, 0 };
+    const char* kind = "deleg";
+    if (fcntl(fd, 1040 /* F_SETDELEG */, &deleg) != 0) {
+        if (errno != EINVAL)
+            return fail("F_SETDELEG");
+        kind = "lease";
+        if (fcntl(fd, F_SETLEASE, F_WRLCK) != 0)
+            return fail("F_SETLEASE");
+    }
+    printf("held %s rkey=0x%llx pid=%d\n", kind, rkey, (int)getpid());
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
 int main(int argc, char** argv)
 {
     if (argc < 3)
@@ -49,6 +146,8 @@ int main(int argc, char** argv)
     const char* op = argv[1];
     const char* path = argv[2];
     const char* arg = argc > 3 ? argv[3] : NULL;
+    if (strcmp(op, "hold") == 0)
+        return hold(path, arg);
     long long start = now_ns();
     int r;
     if (strcmp(op, "truncate") == 0 && arg)
@@ -77,6 +176,24 @@ int main(int argc, char** argv)
             close(fd);
             errno = e;
         }
+    } else if (strcmp(op, "collapse") == 0 && arg && argc > 4) {
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        r = fd < 0 ? -1 : fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, strtoll(arg, NULL, 0), strtoll(argv[4], NULL, 0));
+        if (fd >= 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+        }
+    } else if (strcmp(op, "clone") == 0 && arg) {
+        int src = open(arg, O_RDONLY | O_CLOEXEC);
+        int fd = src < 0 ? -1 : open(path, O_RDWR | O_CLOEXEC);
+        r = fd < 0 ? -1 : ioctl(fd, FICLONE, src);
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        if (src >= 0)
+            close(src);
+        errno = e;
     } else
         return usage();
     int e = r < 0 ? errno : 0;

@@ -137,6 +137,13 @@ public sealed class FileLease : IDisposable
         }
     }
 
+    /// <summary>
+    /// [<paramref name="offset"/>, +<paramref name="length"/>) of the leased file, for
+    /// <c>pd.Register(lease.Range(offset, length), access)</c> (<see cref="LeasedRegistration"/>).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Empty, or outside the file's mapping.</exception>
+    public LeasedFileRange Range(long offset, long length) => new(this, offset, length);
+
     /// <summary>Releases the lease: runs the teardown callbacks, then F_UNLCK. Idempotent; safe from any thread.</summary>
     public void Release() => End(breakSignal: 0, signalCode: 0, pendingType: -1, observed: 0);
 

@@ -1,0 +1,321 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using RdmaLease.Leases;
+using RdmaLease.Tests.Verbs;
+using RdmaLease.Verbs;
+using static RdmaLease.Tests.Leases.LeaseTestSupport;
+
+namespace RdmaLease.Tests.Leases;
+
+/// <summary>Helpers of the leased-registration guest tests: block patterns, a peer that keeps writing, reading by fd.</summary>
+internal static class LeasedRdma
+{
+    /// <summary>One RDMA write per block; rxelo's path MTU is 4096, so every write is one packet (docs/known-defects.md).</summary>
+    public const int Block = 4096;
+
+    public const int InitialSeed = 11;     // the file's blocks before the test
+    public const int PeerSeed = 22;        // what the peer keeps writing
+    public const int CloneSeed = 33;       // the reflink source
+    public const int LateSeed = 44;        // a write with the old rkey after the break: must never land
+    public const int NewFileSeed = 55;     // the file written over the freed blocks
+
+    public const AccessFlags RemoteWritable = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
+
+    /// <summary>rxelo, both QPs in one process, path MTU 4096 (one packet per 4 KiB write: correct with ODP).</summary>
+    public static RcPair Pair() => RcPair.Loopback(Mtu.Mtu4096);
+
+    public static byte[] BlockPattern(int seed)
+    {
+        var b = new byte[Block];
+        Fill(b, seed);
+        return b;
+    }
+
+    /// <summary>Fills every 4 KiB block of <paramref name="span"/> with the block pattern of <paramref name="seed"/>.</summary>
+    public static void FillBlocks(Span<byte> span, int seed)
+    {
+        byte[] b = BlockPattern(seed);
+        for (int off = 0; off < span.Length; off += Block)
+            b.AsSpan(0, Math.Min(Block, span.Length - off)).CopyTo(span[off..]);
+    }
+
+    /// <summary>What a 4 KiB block holds: the name of the seed whose pattern it is, "zero", or "mixed".</summary>
+    public static string Classify(ReadOnlySpan<byte> block)
+    {
+        if (block.IndexOfAnyExcept((byte)0) < 0)
+            return "zero";
+        foreach (var (seed, name) in new[] { (InitialSeed, "initial"), (PeerSeed, "peer"), (CloneSeed, "clone"), (LateSeed, "LATE"), (NewFileSeed, "new") })
+        {
+            if (block.SequenceEqual(BlockPattern(seed).AsSpan(0, block.Length)))
+                return name;
+        }
+        return "mixed";
+    }
+
+    /// <summary>Classifies every block of <paramref name="data"/>.</summary>
+    public static string[] ClassifyAll(ReadOnlySpan<byte> data)
+    {
+        var result = new string[(data.Length + Block - 1) / Block];
+        for (int i = 0; i < result.Length; i++)
+            result[i] = Classify(data.Slice(i * Block, Math.Min(Block, data.Length - i * Block)));
+        return result;
+    }
+
+    /// <summary>The file's current contents, read with pread(2) through our own descriptor (works after unlink/rename too).</summary>
+    public static byte[] ReadByDescriptor(DaxFile file)
+    {
+        using var handle = new SafeFileHandle(file.FileDescriptor, ownsHandle: false);
+        long length = RandomAccess.GetLength(handle);
+        var data = new byte[length];
+        int done = 0;
+        while (done < data.Length)
+        {
+            int n = RandomAccess.Read(handle, data.AsSpan(done), done);
+            if (n == 0)
+                break;
+            done += n;
+        }
+        Assert.That(done, Is.EqualTo(data.Length), "short read");
+        return data;
+    }
+
+    /// <summary>Another RC QP pair in the same PDs as <paramref name="pair"/> (its QPs may be in the error state already).</summary>
+    public static (QueuePair Peer, QueuePair Target, CompletionQueue PeerCq) ExtraQueuePairs(RcPair pair)
+    {
+        var cqA = pair.DeviceA.CreateCompletionQueue(16);
+        var cqB = pair.DeviceB.CreateCompletionQueue(16);
+        var a = pair.PdA.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = cqA, ReceiveCompletionQueue = cqA });
+        var b = pair.PdB.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = cqB, ReceiveCompletionQueue = cqB });
+        int gid = pair.DeviceA.FindGidIndex(IPAddress.Loopback);
+        var endA = a.LocalEndpoint(gid);
+        var endB = b.LocalEndpoint(gid);
+        a.Connect(endB, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RetryCount = 1, Timeout = 10 });
+        b.Connect(endA, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RetryCount = 1, Timeout = 10 });
+        return (a, b, cqA);
+    }
+
+    /// <summary>
+    /// One RDMA WRITE of a block of <paramref name="seed"/> from a fresh QP pair in <paramref name="pair"/>'s PDs to
+    /// <paramref name="target"/>+<paramref name="offset"/>; returns the completion status.
+    /// </summary>
+    public static WorkCompletionStatus WriteOnce(RcPair pair, RemoteRegion target, ulong offset, int seed)
+    {
+        var (peer, _, cq) = ExtraQueuePairs(pair);
+        using var source = pair.PdA.AllocateBuffer(Block, AccessFlags.LocalWrite);
+        BlockPattern(seed).CopyTo(source.Span);
+        peer.PostWrite(1, source.Slice(0, Block), target, offset);
+        return RcPair.WaitOne(cq).Status;
+    }
+
+    /// <summary>FIEMAP: the file's extents as (logical, physical, length) in bytes.</summary>
+    public static unsafe List<(long Logical, long Physical, long Length)> PhysicalExtents(string path)
+    {
+        const int MaxExtents = 64;
+        const uint FS_IOC_FIEMAP = 0xC020660B;
+        int size = 32 + MaxExtents * 56;
+        byte* buf = stackalloc byte[size];
+        new Span<byte>(buf, size).Clear();
+        *(ulong*)(buf + 8) = ulong.MaxValue;        // fm_length
+        *(uint*)(buf + 16) = 1;                     // fm_flags = FIEMAP_FLAG_SYNC
+        *(uint*)(buf + 24) = MaxExtents;            // fm_extent_count
+        int fd = open(path, 0);
+        Assert.That(fd, Is.GreaterThanOrEqualTo(0), $"open {path}");
+        try
+        {
+            Assert.That(ioctl(fd, FS_IOC_FIEMAP, buf), Is.Zero, $"FS_IOC_FIEMAP {path}: errno {Marshal.GetLastPInvokeError()}");
+        }
+        finally
+        {
+            _ = close(fd);
+        }
+        uint n = *(uint*)(buf + 20);
+        var list = new List<(long, long, long)>();
+        for (int i = 0; i < n; i++)
+        {
+            byte* e = buf + 32 + i * 56;
+            list.Add(((long)*(ulong*)e, (long)*(ulong*)(e + 8), (long)*(ulong*)(e + 16)));
+        }
+        return list;
+    }
+
+    /// <summary>Bytes of physical storage that two extent lists share.</summary>
+    public static long SharedPhysicalBytes(List<(long Logical, long Physical, long Length)> a, List<(long Logical, long Physical, long Length)> b)
+    {
+        long shared = 0;
+        foreach (var x in a)
+        {
+            foreach (var y in b)
+                shared += Math.Max(0, Math.Min(x.Physical + x.Length, y.Physical + y.Length) - Math.Max(x.Physical, y.Physical));
+        }
+        return shared;
+    }
+
+    [DllImport("libc", SetLastError = true, EntryPoint = "open")]
+    private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+    [DllImport("libc", SetLastError = true, EntryPoint = "ioctl")]
+    private static extern unsafe int ioctl(int fd, nuint request, void* arg);
+
+    [DllImport("libc", EntryPoint = "close")]
+    private static extern int close(int fd);
+
+    public static string Ms(TimeSpan t) => t.TotalMilliseconds.ToString("F1", CultureInfo.InvariantCulture) + " ms";
+
+    public static string ErrnoName(int errno) => errno switch
+    {
+        0 => "ok",
+        1 => "EPERM",
+        11 => "EAGAIN",
+        18 => "EXDEV",
+        22 => "EINVAL",
+        95 => "EOPNOTSUPP",
+        _ => "errno " + errno.ToString(CultureInfo.InvariantCulture),
+    };
+
+    public static (double Median, double Max) MedianMax(List<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return (sorted[sorted.Count / 2], sorted[^1]);
+    }
+}
+
+/// <summary>
+/// The remote peer: a thread that keeps RDMA-writing the peer pattern into the leased region, block after block, one
+/// 4 KiB write per work request, until a write fails or it is stopped.
+/// </summary>
+internal sealed class PeerWriter : IDisposable
+{
+    private readonly QueuePair _qp;
+    private readonly CompletionQueue _cq;
+    private readonly RegisteredBuffer _source;
+    private readonly RemoteRegion _target;
+    private readonly int _blocks;
+    private readonly Thread _thread;
+    private readonly ManualResetEventSlim _done = new(false);
+    private volatile bool _stop;
+    private int _successes;
+
+    public PeerWriter(RcPair pair, RemoteRegion target)
+    {
+        _qp = pair.A;
+        _cq = pair.CqA;
+        _target = target;
+        _blocks = (int)(target.Length / LeasedRdma.Block);
+        _source = pair.PdA.AllocateBuffer(LeasedRdma.Block, AccessFlags.LocalWrite);
+        LeasedRdma.BlockPattern(LeasedRdma.PeerSeed).CopyTo(_source.Span);
+        _thread = new Thread(Run) { IsBackground = true, Name = "peer writer" };
+        _thread.Start();
+    }
+
+    public int Successes => Volatile.Read(ref _successes);
+
+    /// <summary>The failed completion that stopped the writer, if one did.</summary>
+    public WorkCompletion? Failure { get; private set; }
+
+    public Exception? Error { get; private set; }
+
+    public long FailureTimestamp { get; private set; }
+
+    public bool WaitForSuccesses(int n, TimeSpan timeout)
+    {
+        var sw = Stopwatch.StartNew();
+        while (Successes < n && !_done.IsSet && sw.Elapsed < timeout)
+            Thread.Sleep(1);
+        return Successes >= n;
+    }
+
+    public bool WaitEnded(TimeSpan timeout) => _done.Wait(timeout);
+
+    private void Run()
+    {
+        Span<WorkCompletion> wc = stackalloc WorkCompletion[1];
+        try
+        {
+            for (ulong id = 0; !_stop; id++)
+            {
+                ulong offset = id % (ulong)_blocks * LeasedRdma.Block;
+                _qp.PostWrite(id, _source.Slice(0, LeasedRdma.Block), _target, offset);
+                long deadline = Environment.TickCount64 + 10_000;
+                while (_cq.Poll(wc) == 0)
+                {
+                    if (Environment.TickCount64 > deadline)
+                        throw new TimeoutException("no completion for the peer's write within 10 s");
+                    Thread.Yield();
+                }
+                if (!wc[0].IsSuccess)
+                {
+                    FailureTimestamp = Stopwatch.GetTimestamp();
+                    Failure = wc[0];
+                    return;
+                }
+                Interlocked.Increment(ref _successes);
+                Thread.Sleep(1);   // one vCPU: leave room for the other process and the lease watcher
+            }
+        }
+        catch (Exception e)
+        {
+            Error = e;
+        }
+        finally
+        {
+            _done.Set();
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop = true;
+        _done.Wait(TimeSpan.FromSeconds(15));
+        _source.Dispose();
+    }
+}
+
+/// <summary>rdmalease-lease-probe hold: another process that holds a delegation and never gives it back.</summary>
+internal sealed class HoldingProcess : IDisposable
+{
+    private readonly Process _process;
+
+    public HoldingProcess(string path, string? device)
+    {
+        var psi = new ProcessStartInfo(ProbePath) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("hold");
+        psi.ArgumentList.Add(path);
+        if (device is not null)
+            psi.ArgumentList.Add(device);
+        _process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start the probe");
+        var line = _process.StandardOutput.ReadLineAsync();
+        Assert.That(line.Wait(TimeSpan.FromSeconds(30)), Is.True, "the holder did not report");
+        ReadyLine = line.Result ?? "";
+        if (!ReadyLine.StartsWith("held ", StringComparison.Ordinal))
+        {
+            string stderr = _process.WaitForExit(5000) ? _process.StandardError.ReadToEnd() : "(still running)";
+            Assert.Fail($"holder: '{ReadyLine}' {stderr}");
+        }
+    }
+
+    public string ReadyLine { get; }
+
+    public int Pid => _process.Id;
+
+    public bool HasExited => _process.HasExited;
+
+    /// <summary>SIGKILL; returns the Stopwatch timestamp just before the kill.</summary>
+    public long Kill()
+    {
+        long t = Stopwatch.GetTimestamp();
+        _process.Kill();
+        _process.WaitForExit(10_000);
+        return t;
+    }
+
+    public void Dispose()
+    {
+        if (!_process.HasExited)
+            _process.Kill();
+        _process.WaitForExit(10_000);
+        _process.Dispose();
+    }
+}
