@@ -77,7 +77,7 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable
     public long FileOffset { get; }
 
     /// <summary>
-    /// The verbs region, for posting (<see cref="MemoryRegion.Slice"/>, <see cref="MemoryRegion.ToRemote"/>). After the
+    /// The verbs region, for posting (<see cref="MemoryRegion.Slice"/>, <see cref="MemoryRegion.ToRemote()"/>). After the
     /// lease ended it is revoked and disposed; posts naming it throw <see cref="Revocation"/>.
     /// </summary>
     public MemoryRegion Region => _region!;
