@@ -1,17 +1,105 @@
-// rdma-lease demo: what the guest offers, read through the library.
+// rdma-lease demo: a peer RDMA-writes into a persistent-memory file; another process truncates
+// the file; the kernel breaks our lease, we tear the registration down and give the lease back,
+// the truncate proceeds, and the peer's old key no longer reaches the file. Runs in the guest
+// (./build.sh demo) on soft-RoCE (rxelo) and XFS with DAX (/mnt/xfs).
+using System.Diagnostics;
+using System.Net;
+using RdmaLease.Leases;
 using RdmaLease.Verbs;
 
-Console.WriteLine("rdma-lease demo: verbs devices in this guest");
-foreach (var name in Device.List())
+const string DeviceName = "rxelo";
+string path = args.Length > 0 ? args[0] : "/mnt/xfs/demo.pmem";
+string probe = Path.GetFullPath("artifacts/native/rdmalease-lease-probe");
+const int FileSize = 1 << 20, Chunk = 64 * 1024;
+const AccessFlags Rw = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
+
+Console.WriteLine("rdma-lease demo");
+using var device = Device.Open(DeviceName);
+var port = device.QueryPort();
+Console.WriteLine($"  device {DeviceName}: {port.LinkLayer}, MTU {port.ActiveMtu.Bytes()}, ODP {device.Attributes.Odp.Rc}");
+Console.WriteLine($"  ODP integrity: {device.OdpIntegrity(port.ActiveMtu).Verdict}");
+
+// The file side: a DAX file, a lease, a leased (ODP) registration.
+File.Delete(path);
+var file = DaxFile.Open(path, new DaxFileOptions { Size = FileSize });
+Console.WriteLine($"  {path}: {FileSize >> 10} KiB, FS-DAX {file.IsDax}, MAP_SYNC {file.IsMapSync}");
+using var pd = device.AllocateProtectionDomain();
+var lease = file.AcquireLease();
+Console.WriteLine($"  lease: {lease.Mechanism} ({lease.Type}); the kernel's break deadline is {FileLease.LeaseBreakTime.TotalSeconds:F0} s");
+var region = pd.Register(lease, Rw);
+Console.WriteLine($"  registered {region.Length >> 10} KiB, {(region.IsOnDemand ? "On-Demand-Paging (nothing pinned)" : "pinned")}, rkey 0x{region.RemoteKey:x}");
+
+// The peer side (another QP on the same device; in production, another machine).
+using var cq = device.CreateCompletionQueue(64);
+int gid = device.FindGidIndex(IPAddress.Loopback);
+var options = new QueuePairOptions { SendCompletionQueue = cq, ReceiveCompletionQueue = cq };
+var peer = pd.CreateQueuePair(options);
+var server = pd.CreateQueuePair(options);
+peer.Connect(server.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+server.Connect(peer.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+using var source = pd.AllocateBuffer(Chunk, Rw);
+var remote = region.ToRemote();   // what the peer was given out of band
+
+for (int i = 0; i < Chunk; i++)
+    source.Span[i] = (byte)(i * 7 + i / 251);
+var sw = Stopwatch.StartNew();
+peer.PostWrite(1, source.All, remote, 0);
+peer.PostFlush(2, remote, 0, Chunk, FlushType.Persistent);
+var completion = Wait(cq);
+Console.WriteLine($"  peer: RDMA WRITE of {Chunk >> 10} KiB + FLUSH to persistence: {completion.Status} in {sw.Elapsed.TotalMilliseconds:F2} ms");
+Console.WriteLine($"  file bytes match what the peer wrote: {file.GetSpan(0, Chunk).SequenceEqual(source.Span)}");
+
+// Another process truncates the file: the kernel breaks the lease and blocks the truncate
+// until we give the lease back (or the deadline passes).
+using var broken = new ManualResetEventSlim();
+lease.BreakRequested += (_, _) => broken.Set();
+Console.WriteLine("  another process: truncate(2) the file to 0 ...");
+var truncate = Process.Start(new ProcessStartInfo(probe, $"truncate {path} 0") { RedirectStandardOutput = true })!;
+string report = truncate.StandardOutput.ReadToEnd();
+truncate.WaitForExit();
+broken.Wait(TimeSpan.FromSeconds(10));
+double truncateMs = double.Parse(report.Split("elapsed_ns=")[1], System.Globalization.CultureInfo.InvariantCulture) / 1e6;
+Console.WriteLine($"  lease broken: registration revoked and deregistered, lease released {lease.BreakToRelease?.TotalMilliseconds:F2} ms after the signal");
+Console.WriteLine($"  the truncate returned ({report.Split(' ')[0]}) after {truncateMs:F2} ms, far below the {FileLease.LeaseBreakTime.TotalSeconds:F0} s deadline");
+
+// Our own posts that name the file's region are refused at once...
+try
 {
-    using var device = Device.Open(name);
-    var a = device.Attributes;
-    var port = device.QueryPort();
-    string maxMr = a.MaxMrSize == ulong.MaxValue ? "unlimited" : $"{a.MaxMrSize >> 20} MiB";
-    Console.WriteLine($"  {name,-6} port 1 {port.State} {port.LinkLayer}, active MTU {port.ActiveMtu.Bytes()}, max MR {maxMr}, max QP {a.MaxQp}");
-    Console.WriteLine($"         ODP {(a.Odp.Supported ? "yes" : "no")}: RC {a.Odp.Rc}; UD {a.Odp.Ud}");
-    Console.WriteLine($"         FLUSH global {a.FlushGlobal}, persistent {a.FlushPersistent}; ATOMIC WRITE {a.AtomicWrite}");
-    Console.WriteLine($"         ODP integrity at MTU {port.ActiveMtu.Bytes()}: {device.OdpIntegrity(port.ActiveMtu).Verdict}");
-    foreach (var gid in device.QueryGidTable())
-        Console.WriteLine($"         GID[{gid.Index}] {gid.Address} {gid.Type}");
+    server.PostWrite(3, region.Slice(0, 4096), remote, 0);
+}
+catch (LeaseRevokedException e)
+{
+    Console.WriteLine($"  our post reading from the old region: refused with {e.GetType().Name}");
+}
+// ...and a peer that does not know yet: its write with the old rkey dies at the device, not in the file.
+peer.PostWrite(4, source.Slice(0, 4096), remote, 0);
+Console.WriteLine($"  the peer's next RDMA WRITE with the old rkey: {Wait(cq).Status}");
+file.Dispose();
+
+// After the conflicting operation: take the lease again and register again (the old QP went to
+// the error state with the failed write; the peer reconnects).
+using var again = DaxFile.Open(path, new DaxFileOptions { Size = FileSize });
+using var lease2 = again.AcquireLease();
+using var region2 = pd.Register(lease2, Rw);
+using var cq2 = device.CreateCompletionQueue(64);
+var options2 = options with { SendCompletionQueue = cq2, ReceiveCompletionQueue = cq2 };
+var fresh = pd.CreateQueuePair(options2);
+var freshTarget = pd.CreateQueuePair(options2);
+fresh.Connect(freshTarget.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+freshTarget.Connect(fresh.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+fresh.PostWrite(5, source.All, region2.ToRemote(), 0);
+var ok = Wait(cq2);
+Console.WriteLine($"  re-leased and re-registered (rkey 0x{region2.RemoteKey:x}): peer write {ok.Status}, bytes match {again.GetSpan(0, Chunk).SequenceEqual(source.Span)}");
+return ok.IsSuccess ? 0 : 1;
+
+static WorkCompletion Wait(CompletionQueue cq)
+{
+    Span<WorkCompletion> wc = stackalloc WorkCompletion[1];
+    var deadline = Environment.TickCount64 + 10_000;
+    while (cq.Poll(wc) == 0)
+    {
+        if (Environment.TickCount64 > deadline)
+            throw new TimeoutException("no completion within 10 s");
+    }
+    return wc[0];
 }
