@@ -1,7 +1,3 @@
-using System.Net;
-using System.Runtime.InteropServices;
-using RdmaLease.Interop;
-using RdmaLease.Verbs.Internal;
 
 namespace RdmaLease.Verbs;
 

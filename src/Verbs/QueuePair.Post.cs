@@ -1,7 +1,4 @@
-using System.Net;
-using System.Runtime.InteropServices;
 using RdmaLease.Interop;
-using RdmaLease.Verbs.Internal;
 
 namespace RdmaLease.Verbs;
 
