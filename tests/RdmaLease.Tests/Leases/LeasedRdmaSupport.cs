@@ -92,8 +92,10 @@ internal static class LeasedRdma
         int gid = pair.DeviceA.FindGidIndex(IPAddress.Loopback);
         var endA = a.LocalEndpoint(gid);
         var endB = b.LocalEndpoint(gid);
-        a.Connect(endB, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RetryCount = 1, Timeout = 10 });
-        b.Connect(endA, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RetryCount = 1, Timeout = 10 });
+        // The default ACK timeout (67 ms, 7 retries): the first write into a freshly registered ODP region faults
+        // its pages in, which under TCG has taken longer than a 4 ms timeout allows (RetryExceeded).
+        a.Connect(endB, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096 });
+        b.Connect(endA, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096 });
         return (a, b, cqA);
     }
 
