@@ -5,6 +5,7 @@ using RdmaLease.Verbs.Internal;
 namespace RdmaLease.Verbs;
 
 /// <summary>An address handle (<c>ibv_ah</c>): the path to a peer, for UD sends.</summary>
+/// <remarks>Immutable once created; any number of threads may post sends through it.</remarks>
 public sealed unsafe class AddressHandle : VerbsObject
 {
     /// <summary>The peer this handle reaches.</summary>
