@@ -202,8 +202,8 @@ public sealed unsafe partial class Device : VerbsObject
     public CompletionQueue CreateCompletionQueue(int entries, bool withEvents = false) => new(this, entries, withEvents);
 
     /// <summary>
-    /// Asynchronous events of the device (port up/down, QP fatal, ...), raised on the library's
-    /// event thread. Subscribing starts delivery.
+    /// Asynchronous events of the device (port up/down, QP fatal, ...), raised on a thread-pool
+    /// thread, in the order the device reported them when handlers are quick. Subscribing starts delivery.
     /// </summary>
     public event EventHandler<AsyncEvent>? AsyncEvent
     {

@@ -35,7 +35,13 @@ internal sealed unsafe class AsyncEventReader : IDisposable
                     or AsyncEventType.PathMigrated or AsyncEventType.PathMigrationError
                     ? e.element.qp->qp_num : 0;
                 libibverbs.ibv_ack_async_event(&e);
-                Handlers?.Invoke(_device, new AsyncEvent(type, port, qpn));
+                // Application handlers run on the thread pool, never on the shared event thread,
+                // which a slow or throwing handler would otherwise stall or kill.
+                if (Handlers is { } handlers)
+                {
+                    var args = new AsyncEvent(type, port, qpn);
+                    ThreadPool.QueueUserWorkItem(static s => s.handlers(s.device, s.args), (handlers, device: _device, args), preferLocal: false);
+                }
             }
         }
         finally
