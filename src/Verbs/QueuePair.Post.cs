@@ -187,7 +187,7 @@ public sealed unsafe partial class QueuePair
         target.CheckRange(targetOffset, 8);
         if (((target.Address + targetOffset) & 7) != 0)
             throw new ArgumentException($"ATOMIC WRITE needs an 8-byte aligned remote address (0x{target.Address + targetOffset:x})", nameof(targetOffset));
-        ibv_qp_ex* qpx = RequireExtended("ATOMIC WRITE", "ibv_wr_atomic_write");
+        ibv_qp_ex* qpx = RequireExtended("ATOMIC WRITE", "ibv_wr_atomic_write", s_libraryHasAtomicWrite);
         Handle.Enter();
         try
         {
@@ -211,7 +211,7 @@ public sealed unsafe partial class QueuePair
     {
         if (level == FlushLevel.Range)
             target.CheckRange(targetOffset, length);
-        ibv_qp_ex* qpx = RequireExtended("FLUSH", "ibv_wr_flush");
+        ibv_qp_ex* qpx = RequireExtended("FLUSH", "ibv_wr_flush", s_libraryHasFlush);
         Handle.Enter();
         try
         {
@@ -225,20 +225,14 @@ public sealed unsafe partial class QueuePair
         }
     }
 
-    ibv_qp_ex* RequireExtended(string what, string entryPoint)
+    ibv_qp_ex* RequireExtended(string what, string entryPoint, Lazy<bool> libraryHasIt)
     {
         if (_qpx == null)
             throw new NotSupportedException($"{what} needs the extended work-request API, which {this} was created without (the device or libibverbs lacks it).");
-        // Its slot sits past the end of an older libibverbs' struct ibv_qp_ex: check the library once per entry point.
-        if (entryPoint == "ibv_wr_flush" ? !s_flushChecked : !s_atomicWriteChecked)
-        {
-            NativeLibraries.RequireIbVerbs(entryPoint);
-            if (entryPoint == "ibv_wr_flush") s_flushChecked = true; else s_atomicWriteChecked = true;
-        }
+        if (!libraryHasIt.Value)
+            NativeLibraries.RequireIbVerbs(entryPoint);   // throws, naming the release needed and the one loaded
         return _qpx;
     }
-
-    static bool s_flushChecked, s_atomicWriteChecked;
 
     /// <summary>Posts a receive buffer.</summary>
     /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device

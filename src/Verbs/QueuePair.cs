@@ -84,6 +84,28 @@ public sealed unsafe partial class QueuePair : VerbsObject
         | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_FLUSH
         | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_ATOMIC_WRITE);
 
+    // FLUSH and ATOMIC WRITE use slots an older libibverbs' struct ibv_qp_ex lacks: a property of the
+    // loaded library, decided once per process. Where it lacks them, QPs are created without those ops.
+    static readonly Lazy<bool> s_libraryHasFlush = new(() => LibraryHas("ibv_wr_flush"));
+    static readonly Lazy<bool> s_libraryHasAtomicWrite = new(() => LibraryHas("ibv_wr_atomic_write"));
+
+    static bool LibraryHas(string entryPoint)
+    {
+        try
+        {
+            NativeLibraries.RequireIbVerbs(entryPoint);
+            return true;
+        }
+        catch (NotSupportedException)
+        {
+            return false;
+        }
+    }
+
+    static ulong SendOpsForLibrary() => ExtendedOps
+        & ~(s_libraryHasFlush.Value ? 0 : (ulong)ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_FLUSH)
+        & ~(s_libraryHasAtomicWrite.Value ? 0 : (ulong)ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_ATOMIC_WRITE);
+
     internal QueuePair(ProtectionDomain pd, QueuePairOptions options)
         : base(Create(pd, options, out ibv_qp* qp, out ibv_qp_ex* qpx), pd)
     {
@@ -136,7 +158,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
             if (o.Type == QueuePairType.ReliableConnected)
             {
                 attr.comp_mask = InitAttrPd | InitAttrSendOpsFlags;
-                attr.send_ops_flags = ExtendedOps;
+                attr.send_ops_flags = SendOpsForLibrary();
                 qp = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx, &attr);
                 if (qp != null)
                     qpx = libibverbs.ibv_qp_to_qp_ex(qp);
