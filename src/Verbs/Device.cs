@@ -42,17 +42,12 @@ public sealed unsafe partial class Device : VerbsObject
     /// <exception cref="VerbsException">libibverbs could not list the devices.</exception>
     public static IReadOnlyList<string> List()
     {
-        NativeLibraries.EnsureLoaded();
-        int n;
-        ibv_device** list = libibverbs.ibv_get_device_list(&n);
-        if (list == null)
-            throw new VerbsException("ibv_get_device_list", "this machine", Marshal.GetLastPInvokeError(),
-                "Is the ib_uverbs module loaded and /dev/infiniband accessible?");
+        ibv_device** list = GetDeviceList(out int n);
         try
         {
             var names = new List<string>(n);
             for (int i = 0; i < n; i++)
-                names.Add(Marshal.PtrToStringUTF8((nint)libibverbs.ibv_get_device_name(list[i]))!);
+                names.Add(NameOf(list[i]));
             return names;
         }
         finally
@@ -67,19 +62,12 @@ public sealed unsafe partial class Device : VerbsObject
     public static Device Open(string name)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
-        NativeLibraries.EnsureLoaded();
-        int n;
-        ibv_device** list = libibverbs.ibv_get_device_list(&n);
-        if (list == null)
-            throw new VerbsException("ibv_get_device_list", "this machine", Marshal.GetLastPInvokeError());
+        ibv_device** list = GetDeviceList(out int n);
         try
         {
-            var seen = new List<string>(n);
             for (int i = 0; i < n; i++)
             {
-                string candidate = Marshal.PtrToStringUTF8((nint)libibverbs.ibv_get_device_name(list[i]))!;
-                seen.Add(candidate);
-                if (candidate != name)
+                if (NameOf(list[i]) != name)
                     continue;
                 ibv_context* context = libibverbs.ibv_open_device(list[i]);
                 if (context == null)
@@ -87,15 +75,31 @@ public sealed unsafe partial class Device : VerbsObject
                         "Check the permissions of /dev/infiniband/uverbs*.");
                 return new Device(context, name);
             }
-            throw new ArgumentException(
-                $"No verbs device is called '{name}'. Devices here: {(seen.Count == 0 ? "none (is rdma_rxe/ib_uverbs loaded? 'rdma link add rxe0 type rxe netdev eth0' creates a soft-RoCE device)" : string.Join(", ", seen))}.",
-                nameof(name));
+            string present = n == 0
+                ? "none (is rdma_rxe/ib_uverbs loaded? 'rdma link add rxe0 type rxe netdev eth0' creates a soft-RoCE device)"
+                : string.Join(", ", Enumerable.Range(0, n).Select(i => NameOf(list[i])));
+            throw new ArgumentException($"No verbs device is called '{name}'. Devices here: {present}.", nameof(name));
         }
         finally
         {
             libibverbs.ibv_free_device_list(list);
         }
     }
+
+    // The caller frees the list with ibv_free_device_list.
+    static ibv_device** GetDeviceList(out int count)
+    {
+        NativeLibraries.EnsureLoaded();
+        int n;
+        ibv_device** list = libibverbs.ibv_get_device_list(&n);
+        if (list == null)
+            throw new VerbsException("ibv_get_device_list", "this machine", Marshal.GetLastPInvokeError(),
+                "Is the ib_uverbs module loaded and /dev/infiniband accessible?");
+        count = n;
+        return list;
+    }
+
+    static string NameOf(ibv_device* device) => Marshal.PtrToStringUTF8((nint)libibverbs.ibv_get_device_name(device))!;
 
     DeviceAttributes QueryAttributes()
     {
