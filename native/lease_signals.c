@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
@@ -21,6 +22,7 @@ static_assert(RL_F_UNLCK == F_UNLCK, "F_UNLCK");
 static_assert(RL_F_SETLEASE == F_SETLEASE, "F_SETLEASE");
 static_assert(RL_F_GETLEASE == F_GETLEASE, "F_GETLEASE");
 static_assert(RL_POLL_MSG == POLL_MSG, "POLL_MSG");
+static_assert(RL_RECORD_RESCAN != SI_QUEUE && RL_RECORD_RESCAN != SI_USER && RL_RECORD_RESCAN != SI_KERNEL && RL_RECORD_RESCAN > POLL_HUP, "the rescan marker is no si_code");
 #ifdef F_SETDELEG
 static_assert(RL_F_SETDELEG == F_SETDELEG, "F_SETDELEG");
 static_assert(RL_F_GETDELEG == F_GETDELEG, "F_GETDELEG");
@@ -42,19 +44,26 @@ static_assert(sizeof(RdmaLeaseSignalRecord) <= PIPE_BUF, "record fits one atomic
 
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile sig_atomic_t s_signo;         // 0 until installed
+static int64_t s_owner;                       // the installer's token: one managed copy owns delivery
 static int s_pipe[2] = { -1, -1 };
-static struct sigaction s_previous;           // the handler we chain to (when s_chain)
-static volatile sig_atomic_t s_chain;
 static volatile int s_dropped;                // updated with __atomic builtins
 
-static void lease_signal_handler(int signo, siginfo_t* info, void* context)
+// One slot per signal we handle: the lease-break signal, and SIGIO, which the kernel sends instead when it
+// cannot queue the real-time signal (its default action would kill the process).
+struct handled_signal {
+    volatile sig_atomic_t signo;
+    struct sigaction previous;                // the handler we chain to (when chain)
+    volatile sig_atomic_t chain;
+};
+static struct handled_signal s_lease_slot, s_sigio_slot;
+
+static void write_record(int32_t fd, int32_t code)
 {
-    int saved_errno = errno;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     RdmaLeaseSignalRecord record = {
-        .Fd = info != NULL ? info->si_fd : -1,
-        .Code = info != NULL ? info->si_code : 0,
+        .Fd = fd,
+        .Code = code,
         .MonotonicNs = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec,
     };
     ssize_t n;
@@ -63,14 +72,35 @@ static void lease_signal_handler(int signo, siginfo_t* info, void* context)
     } while (n < 0 && errno == EINTR);
     if (n != (ssize_t)sizeof record)
         __atomic_add_fetch(&s_dropped, 1, __ATOMIC_RELAXED);   // pipe full (O_NONBLOCK): reader rescans
+}
 
-    if (s_chain) {
-        if (s_previous.sa_flags & SA_SIGINFO)
-            s_previous.sa_sigaction(signo, info, context);
-        else if (s_previous.sa_handler != SIG_DFL && s_previous.sa_handler != SIG_IGN)
-            s_previous.sa_handler(signo);
+static void call_previous(struct handled_signal* slot, int signo, siginfo_t* info, void* context)
+{
+    if (!slot->chain)
+        return;
+    if (slot->previous.sa_flags & SA_SIGINFO)
+        slot->previous.sa_sigaction(signo, info, context);
+    else if (slot->previous.sa_handler != SIG_DFL && slot->previous.sa_handler != SIG_IGN)
+        slot->previous.sa_handler(signo);
+}
+
+static void lease_signal_handler(int signo, siginfo_t* info, void* context)
+{
+    int saved_errno = errno;
+    if (signo == SIGIO) {
+        // The real-time queue overflowed (or someone sent SIGIO): which lease broke is unknown, so rescan all.
+        write_record(-1, RL_RECORD_RESCAN);
+        call_previous(&s_sigio_slot, signo, info, context);
+    } else {
+        write_record(info != NULL ? info->si_fd : -1, info != NULL ? info->si_code : 0);
+        call_previous(&s_lease_slot, signo, info, context);
     }
     errno = saved_errno;
+}
+
+static int is_ours(const struct sigaction* sa)
+{
+    return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == lease_signal_handler;
 }
 
 static int is_foreign_handler(const struct sigaction* sa)
@@ -80,20 +110,47 @@ static int is_foreign_handler(const struct sigaction* sa)
     return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN;
 }
 
-int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int32_t* chainedPrevious)
+// Installs lease_signal_handler for slot->signo, chaining `previous` when it is a foreign handler.
+// Caller holds s_lock. Returns 0 or -1 with errno set.
+static int install_slot(struct handled_signal* slot, int signo, const struct sigaction* previous)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = lease_signal_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    // The handler reads slot->previous: block the signal while the slot changes.
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, signo);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    slot->chain = 0;
+    slot->previous = *previous;
+    slot->chain = is_foreign_handler(previous);
+    slot->signo = signo;
+    int r = sigaction(signo, &sa, NULL);
+    int e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = e;
+    return r;
+}
+
+int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int64_t owner, int32_t* chainedPrevious)
 {
     if (chainedPrevious != NULL)
         *chainedPrevious = 0;
-    if (signo < SIGRTMIN || signo > SIGRTMAX || (flags & ~RL_LEASE_SIGNAL_CHAIN) != 0) {
+    if (signo < SIGRTMIN || signo > SIGRTMAX || (flags & ~RL_LEASE_SIGNAL_CHAIN) != 0 || owner == 0) {
         errno = EINVAL;
         return -1;
     }
     pthread_mutex_lock(&s_lock);
     int result = -1;
     if (s_signo != 0) {
-        if (s_signo == signo) {
+        if (s_owner != owner) {
+            errno = EEXIST;            // another copy of the managed library delivers breaks in this process
+        } else if (s_signo == signo) {
             if (chainedPrevious != NULL)
-                *chainedPrevious = s_chain;
+                *chainedPrevious = s_lease_slot.chain;
             result = 0;
         } else {
             errno = EBUSY;
@@ -101,11 +158,10 @@ int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int32_t
         goto out;
     }
 
-    struct sigaction previous;
-    if (sigaction(signo, NULL, &previous) != 0)
+    struct sigaction previous, previous_io;
+    if (sigaction(signo, NULL, &previous) != 0 || sigaction(SIGIO, NULL, &previous_io) != 0)
         goto out;
-    int chain = is_foreign_handler(&previous);
-    if (chain && !(flags & RL_LEASE_SIGNAL_CHAIN)) {
+    if (is_foreign_handler(&previous) && !(flags & RL_LEASE_SIGNAL_CHAIN)) {
         errno = EBUSY;
         goto out;
     }
@@ -123,28 +179,48 @@ int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int32_t
     }
     s_pipe[0] = fds[0];
     s_pipe[1] = fds[1];
-    s_previous = previous;
-    s_chain = chain;
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = lease_signal_handler;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(signo, &sa, NULL) != 0) {
+    if (install_slot(&s_sigio_slot, SIGIO, &previous_io) != 0 || install_slot(&s_lease_slot, signo, &previous) != 0) {
         int e = errno;
+        sigaction(SIGIO, &previous_io, NULL);
         close(fds[0]);
         close(fds[1]);
         s_pipe[0] = s_pipe[1] = -1;
-        s_chain = 0;
+        s_lease_slot.chain = s_sigio_slot.chain = 0;
         errno = e;
         goto out;
     }
     s_signo = signo;
+    s_owner = owner;
     if (chainedPrevious != NULL)
-        *chainedPrevious = chain;
+        *chainedPrevious = s_lease_slot.chain;
     result = 0;
 out:
+    pthread_mutex_unlock(&s_lock);
+    return result;
+}
+
+// Puts our handler back for one slot when someone replaced it. Returns 1 if restored, 0 if it was ours, -1 on error.
+static int verify_slot(struct handled_signal* slot)
+{
+    struct sigaction current;
+    if (sigaction(slot->signo, NULL, &current) != 0)
+        return -1;
+    if (is_ours(&current))
+        return 0;
+    return install_slot(slot, slot->signo, &current) == 0 ? 1 : -1;
+}
+
+int32_t RdmaLeaseNative_LeaseSignalVerify(void)
+{
+    pthread_mutex_lock(&s_lock);
+    int32_t result = 0;
+    if (s_signo == 0) {
+        errno = ENOENT;
+        result = -1;
+    } else {
+        int a = verify_slot(&s_lease_slot), b = verify_slot(&s_sigio_slot);
+        result = (a < 0 || b < 0) ? -1 : (a ? RL_RESTORED_LEASE_SIGNAL : 0) | (b ? RL_RESTORED_SIGIO : 0);
+    }
     pthread_mutex_unlock(&s_lock);
     return result;
 }
@@ -159,7 +235,7 @@ int32_t RdmaLeaseNative_LeaseSignalGetPipe(void)
     return s_signo != 0 ? s_pipe[0] : -1;
 }
 
-int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t capacity)
+int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t capacity, int32_t timeoutMs)
 {
     if (records == NULL || capacity <= 0) {
         errno = EINVAL;
@@ -170,6 +246,15 @@ int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t 
         errno = EBADF;
         return -1;
     }
+    struct pollfd pfd = { .fd = fd, .events = POLLIN, .revents = 0 };
+    int ready;
+    do {
+        ready = poll(&pfd, 1, timeoutMs);
+    } while (ready < 0 && errno == EINTR);
+    if (ready < 0)
+        return -1;
+    if (ready == 0)
+        return 0;
     size_t want = (size_t)capacity * sizeof *records, got = 0;
     char* p = (char*)records;
     for (;;) {
@@ -179,8 +264,10 @@ int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t 
                 continue;
             return -1;
         }
-        if (n == 0)
-            return (int32_t)(got / sizeof *records);   // end of file; a torn record cannot happen
+        if (n == 0) {
+            errno = EPIPE;             // we hold the write end: end of file means the pipe is broken
+            return -1;
+        }
         got += (size_t)n;
         // Each record is one atomic write, so a partial one only means the rest is in flight.
         if (got % sizeof *records == 0)

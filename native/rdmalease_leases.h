@@ -20,6 +20,14 @@
 // Flags for RdmaLeaseNative_LeaseSignalInstall.
 #define RL_LEASE_SIGNAL_CHAIN 1   // keep a handler someone else installed and call it after ours
 
+// RdmaLeaseSignalRecord.Code of a record that names no lease (Fd -1): SIGIO arrived, which the kernel sends when
+// it cannot queue the real-time signal; the reader must re-check every lease.
+#define RL_RECORD_RESCAN 0x10000   // no si_code has this value (SI_QUEUE is -1, POLL_* are 1..6)
+
+// Bits of RdmaLeaseNative_LeaseSignalVerify's result.
+#define RL_RESTORED_LEASE_SIGNAL 1
+#define RL_RESTORED_SIGIO 2
+
 /** One lease-break signal as the handler saw it; written to the pipe as one atomic 16-byte record. */
 typedef struct RdmaLeaseSignalRecord {
     int32_t Fd;                   // siginfo si_fd: the descriptor whose lease is being broken
@@ -28,16 +36,28 @@ typedef struct RdmaLeaseSignalRecord {
 } RdmaLeaseSignalRecord;
 
 /**
- * Installs the process-wide SA_SIGINFO handler for `signo` (once; a second call with the same
- * signal does nothing and succeeds) and creates the pipe it writes RdmaLeaseSignalRecords to.
+ * Installs the process-wide SA_SIGINFO handler for `signo` and for SIGIO (once; a second call with the same
+ * signal and owner does nothing and succeeds) and creates the pipe it writes RdmaLeaseSignalRecords to.
  * Must run before the first F_SETSIG with `signo`: an unhandled real-time signal kills the process.
- * If another handler (not SIG_DFL/SIG_IGN) is already installed for `signo`, the call fails with
- * EBUSY unless `flags` has RL_LEASE_SIGNAL_CHAIN, in which case that handler is kept and called
- * after ours for every delivery; `*chainedPrevious` (may be NULL) is set to 1 then, 0 otherwise.
- * Returns 0, or -1 with errno set (EINVAL: bad signal; EBUSY: a different signal is already
- * installed, or a foreign handler without RL_LEASE_SIGNAL_CHAIN; pipe2/sigaction errors).
+ * SIGIO is what the kernel sends when it cannot queue the real-time signal; its default action kills the
+ * process, so it is handled too and written as a record with Fd -1 and Code RL_RECORD_RESCAN. A foreign SIGIO
+ * handler is kept and chained. If another handler (not SIG_DFL/SIG_IGN) is already installed for `signo`,
+ * the call fails with EBUSY unless `flags` has RL_LEASE_SIGNAL_CHAIN, in which case that handler is kept
+ * and called after ours for every delivery; `*chainedPrevious` (may be NULL) is set to 1 then, 0 otherwise.
+ * `owner` (not 0) identifies the caller: one copy of the managed library (one AssemblyLoadContext) owns the
+ * pipe; a call with another owner fails with EEXIST.
+ * Returns 0, or -1 with errno set (EINVAL: bad signal or owner 0; EBUSY: a different signal is already
+ * installed, or a foreign handler without RL_LEASE_SIGNAL_CHAIN; EEXIST: another owner; pipe2/sigaction errors).
  */
-RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int32_t* chainedPrevious);
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int64_t owner, int32_t* chainedPrevious);
+
+/**
+ * Checks that the handlers for the lease signal and SIGIO are still ours; one that another component replaced is
+ * put back, with the replacement chained when it is a handler (reset to SIG_DFL/SIG_IGN: not chained). Returns
+ * a mask of RL_RESTORED_LEASE_SIGNAL / RL_RESTORED_SIGIO for what was restored (0: all intact), or -1 with errno
+ * set (ENOENT: not installed; sigaction errors).
+ */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalVerify(void);
 
 /** The installed signal number, or 0 before RdmaLeaseNative_LeaseSignalInstall. Never sets errno. */
 RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalGetSignal(void);
@@ -46,11 +66,11 @@ RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalGetSignal(void);
 RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalGetPipe(void);
 
 /**
- * Blocks until at least one record is in the pipe, then copies up to `capacity` whole records
- * into `records` (read(2) on the pipe, EINTR retried). Returns the number of records, 0 at
- * end of file, or -1 with errno set.
+ * Waits up to `timeoutMs` (-1: for ever) until at least one record is in the pipe (poll(2)), then copies up to
+ * `capacity` whole records into `records` (read(2) on the pipe, EINTR retried). Returns the number of
+ * records, 0 when the time ran out, or -1 with errno set (EPIPE: the pipe is broken).
  */
-RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t capacity);
+RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalRead(RdmaLeaseSignalRecord* records, int32_t capacity, int32_t timeoutMs);
 
 /**
  * How many records the handler dropped because the pipe was full since the last call (the

@@ -10,7 +10,7 @@
 
 // Bumped whenever an export changes signature or meaning; the managed side refuses a
 // library whose version differs (a stale build would otherwise corrupt memory).
-#define RDMALEASE_NATIVE_ABI_VERSION 1
+#define RDMALEASE_NATIVE_ABI_VERSION 2
 
 /** Returns RDMALEASE_NATIVE_ABI_VERSION. Never fails; does not touch errno. */
 RL_EXPORT int32_t RdmaLeaseNative_GetAbiVersion(void);

@@ -1,5 +1,9 @@
 using System.Buffers;
+using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Text;
+using RdmaLease.Verbs;
+using RdmaLease.Verbs.Internal;
 using Tmds.Linux;
 using static Tmds.Linux.LibC;
 
@@ -31,19 +35,25 @@ public sealed unsafe class DaxFile : IDisposable
     private const ulong STATX_ATTR_DAX = 0x200000;
 
     private readonly Lock _gate = new();
-    private int _fd;
-    private byte* _address;
+    // The descriptor and the mapping are SafeHandles so that a memory region over the mapping can keep both alive
+    // (a region's handle depends on them): neither is closed or unmapped while a region might still exist, in
+    // whatever order Dispose, a lease break or the finalizers run.
+    private readonly DescriptorHandle _fd;
+    private readonly MappingHandle _mapping;
+    private readonly byte* _address;
     private readonly DaxMemoryManager _memory;
+    private readonly List<MemoryRegion> _regions = [];   // registered over the mapping, until confirmed deregistered
     private bool _revoked;
     private bool _disposed;
-    private FileLease? _lease;
+    private FileLease? _lease;                           // from Attach until the lease is fully given back
 
     private DaxFile(string path, DaxFileAccess access, int fd, byte* address, long length, bool isDax, bool isMapSync,
         uint devMajor, uint devMinor, ulong inode, bool created)
     {
         Path = path;
         Access = access;
-        _fd = fd;
+        _fd = new DescriptorHandle(fd);
+        _mapping = new MappingHandle(address, length);
         _address = address;
         Length = length;
         IsDax = isDax;
@@ -90,7 +100,7 @@ public sealed unsafe class DaxFile : IDisposable
             lock (_gate)
             {
                 ObjectDisposedException.ThrowIf(_disposed, this);
-                return _fd;
+                return (int)_fd.DangerousGetHandle();
             }
         }
     }
@@ -101,7 +111,7 @@ public sealed unsafe class DaxFile : IDisposable
         get
         {
             lock (_gate)
-                return !_disposed && !_revoked;
+                return !_revoked && !_mapping.IsClosed;
         }
     }
 
@@ -226,8 +236,16 @@ public sealed unsafe class DaxFile : IDisposable
             void* address = mmap(null, SizeT(length), prot, mapFlags, fd, 0);
             if (address == MAP_FAILED)
                 throw UnixIOException.Last($"mmap '{path}' ({length} bytes, {(mapSync ? "MAP_SHARED_VALIDATE|MAP_SYNC" : "MAP_SHARED")})");
-            return new DaxFile(path, options.Access, fd, (byte*)address, length, isDax, mapSync,
-                stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino, created);
+            try
+            {
+                return new DaxFile(path, options.Access, fd, (byte*)address, length, isDax, mapSync,
+                    stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino, created);
+            }
+            catch
+            {
+                _ = munmap(address, SizeT(length));
+                throw;
+            }
         }
         catch
         {
@@ -276,7 +294,11 @@ public sealed unsafe class DaxFile : IDisposable
     /// <summary>The method <see cref="Flush(long, long)"/> uses on a MAP_SYNC mapping on this CPU.</summary>
     public static FlushMethod CpuFlushMethod => (FlushMethod)Interop.CacheFlush.GetCpuFlushMethod();
 
-    /// <summary>Releases the lease (running its teardown callbacks), unmaps and closes the file. Idempotent.</summary>
+    /// <summary>
+    /// Releases the lease (deregistering the regions over the file first), unmaps and closes the file. Idempotent.
+    /// If a region over the mapping could not be confirmed deregistered, the address range stays reserved (an
+    /// inaccessible placeholder) and the descriptor open until it is: nothing else can be mapped where the region points.
+    /// </summary>
     public void Dispose()
     {
         FileLease? lease;
@@ -284,31 +306,50 @@ public sealed unsafe class DaxFile : IDisposable
         {
             if (_disposed)
                 return;
+            _disposed = true;   // from now on no lease can be attached
             lease = _lease;
         }
         lease?.Release();
         lock (_gate)
         {
-            if (_disposed)
-                return;
-            _disposed = true;
-            _ = munmap(_address, SizeT(Length));
-            _ = close(_fd);
-            _fd = -1;
-            _address = null;
+            if (HasUnconfirmedRegionsLocked())
+                RevokeMappingLocked();
         }
+        _mapping.Dispose();     // munmap, once no region depends on the mapping any more
+        _fd.Dispose();          // close, likewise
+        GC.SuppressFinalize(this);
     }
 
     internal Lock Gate => _gate;
 
-    internal void Attach(FileLease lease)
+    /// <summary>The handles a region over the mapping must keep alive: the mapping and the descriptor.</summary>
+    internal (SafeHandle Mapping, SafeHandle Descriptor) MemoryOwners => (_mapping, _fd);
+
+    /// <summary>
+    /// Makes <paramref name="lease"/> the file's lease. Waits (up to <paramref name="timeout"/>) for a previous lease that
+    /// is still being given back; refuses while another lease is active or the file is being disposed.
+    /// </summary>
+    internal void Attach(FileLease lease, TimeSpan timeout)
     {
-        lock (_gate)
+        long deadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        while (true)
         {
-            ThrowIfUnusable();
-            if (_lease is { IsActive: true })
-                throw new InvalidOperationException($"'{Path}' already has an active lease; release it first");
-            _lease = lease;
+            FileLease? ending;
+            lock (_gate)
+            {
+                ThrowIfUnusable();
+                if (_lease is null)
+                {
+                    _lease = lease;
+                    return;
+                }
+                if (_lease.IsActive)
+                    throw new InvalidOperationException($"'{Path}' already has an active lease; release it first");
+                ending = _lease;
+            }
+            // The previous lease is being given back on another thread: wait until the kernel has it back.
+            if (!ending.WaitEnded(deadline))
+                throw new TimeoutException($"the previous lease on '{Path}' was still being given back after {timeout.TotalSeconds:0.#} s");
         }
     }
 
@@ -321,43 +362,104 @@ public sealed unsafe class DaxFile : IDisposable
         }
     }
 
+    /// <summary>Notes a region registered over the mapping, so the file knows while one might still exist.</summary>
+    internal void AddRegion(MemoryRegion region)
+    {
+        lock (_gate)
+            _regions.Add(region);
+    }
+
+    /// <summary>True when a region over the mapping exists or may exist (its deregistration not confirmed).</summary>
+    internal bool HasUnconfirmedRegions
+    {
+        get
+        {
+            lock (_gate)
+                return HasUnconfirmedRegionsLocked();
+        }
+    }
+
+    private bool HasUnconfirmedRegionsLocked()
+    {
+        _regions.RemoveAll(r => r.DeregistrationState == DestroyState.Destroyed);
+        return _regions.Count > 0;
+    }
+
     /// <summary>F_UNLCK on the descriptor, unless it has been closed already (closing released the lease).</summary>
     internal void ReleaseKernelLease(bool delegation)
     {
         lock (_gate)
         {
-            if (_disposed)
+            bool added = false;
+            try
+            {
+                _fd.DangerousAddRef(ref added);
+            }
+            catch (ObjectDisposedException)
+            {
                 return;
-            if (delegation)
-                _ = Interop.Fcntl.SetDeleg(_fd, LibC.F_UNLCK);
-            else
-                _ = Interop.Fcntl.SetLease(_fd, LibC.F_UNLCK);
+            }
+            try
+            {
+                int fd = (int)_fd.DangerousGetHandle();
+                _ = delegation ? Interop.Fcntl.SetDeleg(fd, LibC.F_UNLCK) : Interop.Fcntl.SetLease(fd, LibC.F_UNLCK);
+            }
+            finally
+            {
+                _fd.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>The file's size now (fstat), to check that nobody shrank it under the mapping.</summary>
+    internal long CurrentSize()
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            statx stx;
+            byte empty = 0;
+            if (statx((int)_fd.DangerousGetHandle(), &empty, AT_EMPTY_PATH, STATX_SIZE, &stx) != 0)
+                throw UnixIOException.Last($"statx '{Path}'");
+            return (long)stx.stx_size;
         }
     }
 
     /// <summary>
-    /// Takes the file's pages out of this process after a lease break: the range is atomically replaced by
-    /// anonymous memory (MAP_FIXED), so a store racing with the break lands in scratch memory instead of faulting or
-    /// reaching the file. The placeholder is unmapped on Dispose.
+    /// Takes the file's pages out of this process (after a lease break, or when a region over them could not be
+    /// confirmed deregistered): the range is atomically replaced (MAP_FIXED) by an anonymous PROT_NONE placeholder. A
+    /// device's ODP access through a region over the range then faults and the peer gets an error completion, instead of
+    /// reaching the file's blocks or "succeeding" into scratch memory; the range stays reserved, so nothing else is
+    /// mapped there, until the mapping handle is released (after every region over it was deregistered).
     /// </summary>
+    /// <exception cref="UnixIOException">Neither the placeholder nor mprotect(PROT_NONE) could be applied.</exception>
     internal void RevokeMapping()
     {
         lock (_gate)
+            RevokeMappingLocked();
+    }
+
+    private void RevokeMappingLocked()
+    {
+        if (_revoked || _mapping.IsClosed)
+            return;
+        void* r = mmap(_address, SizeT(Length), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        if (r == MAP_FAILED)
         {
-            if (_disposed || _revoked)
-                return;
-            void* r = mmap(_address, SizeT(Length), PROT_READ | PROT_WRITE,
-                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-            if (r == MAP_FAILED)
-                _ = munmap(_address, SizeT(Length));   // out of memory for the placeholder: a fault beats a stale mapping
-            _revoked = true;
+            int mmapErrno = errno;
+            // Out of memory for a new mapping: at least take every access right away from the file's (same effect on
+            // devices: the ODP fault path checks the VMA's protection). Never unmap: the range must stay reserved.
+            if (mprotect(_address, SizeT(Length), PROT_NONE) != 0)
+                throw UnixIOException.Last($"revoking the mapping of '{Path}' (mmap PROT_NONE placeholder failed with errno {mmapErrno}, then mprotect PROT_NONE)");
         }
+        _revoked = true;
     }
 
     private static size_t SizeT(long value) => (size_t)(ulong)value;
 
     private void ThrowIfUnusable()
     {
+        // (callers hold _gate)
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_revoked)
             throw new InvalidOperationException($"the mapping of '{Path}' was revoked because its lease was broken; open the file again");
@@ -390,5 +492,33 @@ public sealed unsafe class DaxFile : IDisposable
         protected override void Dispose(bool disposing)
         {
         }
+    }
+
+    /// <summary>The file descriptor: closed when released (after every region that depends on it).</summary>
+    private sealed class DescriptorHandle : SafeHandle
+    {
+        public DescriptorHandle(int fd)
+            : base(-1, ownsHandle: true) => SetHandle(fd);
+
+        public override bool IsInvalid => handle < 0;
+
+        protected override bool ReleaseHandle() => close((int)handle) == 0;
+    }
+
+    /// <summary>The mapping's address range: unmapped when released (after every region that depends on it).</summary>
+    private sealed class MappingHandle : SafeHandle
+    {
+        private readonly long _length;
+
+        public MappingHandle(void* address, long length)
+            : base(0, ownsHandle: true)
+        {
+            _length = length;
+            SetHandle((nint)address);
+        }
+
+        public override bool IsInvalid => handle == 0;
+
+        protected override bool ReleaseHandle() => munmap((void*)handle, SizeT(_length)) == 0;
     }
 }

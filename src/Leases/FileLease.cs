@@ -19,24 +19,30 @@ namespace RdmaLease.Leases;
 /// conflicting open exists; the <see cref="LeaseUnavailableException"/> then names the processes (from /proc/locks and
 /// /proc/*/fd).</para>
 /// <para><b>A break</b> arrives as a real-time signal (<see cref="LeaseSignals"/>); the watcher thread confirms it with
-/// F_GETLEASE/F_GETDELEG (a signal for a descriptor whose lease is intact is ignored) and then, in this order:
-/// marks the lease revoked (<see cref="IsActive"/> false), runs the teardown callbacks (<see cref="RegisterTeardown"/>,
-/// last registered first), revokes the file mapping (replaced by anonymous memory), releases the lease (F_UNLCK, which
-/// lets the breaking process go on), records <see cref="ReleasedTimestamp"/>, and only then tells the application:
-/// <see cref="Broken"/> is cancelled and <see cref="BreakRequested"/> raised on the thread pool. The kernel waits at most
-/// <see cref="LeaseBreakTime"/> for the release and then removes the lease by force, so teardown callbacks must be quick
-/// and must not wait for a thread that could be releasing this lease.</para>
-/// <para><b>Release</b> (<see cref="Release"/>, <see cref="Dispose"/>, or disposing the <see cref="DaxFile"/>) runs the
-/// teardown callbacks too, then F_UNLCK; the mapping stays. Both are idempotent and safe from any thread.</para>
+/// F_GETLEASE/F_GETDELEG (a signal for a descriptor whose lease is intact is ignored) and a break worker then, in this
+/// order: marks the lease revoked (<see cref="IsActive"/> false) and revokes every region over the file (posts naming one
+/// throw <see cref="LeaseRevokedException"/>; attached queue pairs go to the error state); replaces the file mapping by
+/// an inaccessible placeholder (a device access through any region over it faults: the peer gets an error completion);
+/// deregisters every region, waiting until the kernel confirms each (bounded by half the time left before the kernel's
+/// deadline); releases the lease (F_UNLCK, which lets the breaking process go on), records
+/// <see cref="ReleasedTimestamp"/>, and only then tells the application: <see cref="Broken"/> is cancelled and
+/// <see cref="BreakRequested"/> raised on the thread pool. No application code runs before F_UNLCK. The kernel waits at
+/// most <see cref="LeaseBreakTime"/> for the release and then removes the lease by force; <see cref="LeaseDiagnostics"/>
+/// counts teardowns that came close. docs/leases.md, "Safety argument", says why no region outlives its lease.</para>
+/// <para><b>Release</b> (<see cref="Release"/>, <see cref="Dispose"/>, or disposing the <see cref="DaxFile"/>) deregisters
+/// the regions too (confirmed), then F_UNLCK; the mapping stays unless a region could not be confirmed gone. Both are
+/// idempotent and safe from any thread.</para>
 /// </remarks>
 public sealed class FileLease : IDisposable
 {
+    private const int Pending = 0, Active = 1, Ending = 2, Released = 3;
+
     private readonly Lock _gate = new();
     private readonly CancellationTokenSource _broken = new();
-    private readonly List<Teardown> _teardowns = [];
+    private readonly List<Dependent> _dependents = [];
     private readonly ManualResetEventSlim _ended = new(false);
     private readonly int _fd;
-    private int _state;                      // 0 active, 1 revoking, 2 released
+    private int _state = Pending;            // Pending until the kernel granted it; IsActive only while Active
     private int _endingThread;
     private long _signalTimestamp;
     private long _releasedTimestamp;
@@ -50,7 +56,11 @@ public sealed class FileLease : IDisposable
         Type = type;
         DelegationUnavailableReason = whyNotDelegation;
         AcquiredTimestamp = Stopwatch.GetTimestamp();
+        BreakTime = LeaseBreakTime;
     }
+
+    /// <summary>/proc/sys/fs/lease-break-time when the lease was taken: the kernel's deadline for giving it back.</summary>
+    internal TimeSpan BreakTime { get; }
 
     /// <summary>The leased file.</summary>
     public DaxFile File { get; }
@@ -67,8 +77,11 @@ public sealed class FileLease : IDisposable
     /// <summary>Why a delegation was not taken when <see cref="Mechanism"/> is <see cref="LeaseMechanism.Lease"/>, else null.</summary>
     public string? DelegationUnavailableReason { get; }
 
-    /// <summary>True until the lease is broken or released.</summary>
-    public bool IsActive => Volatile.Read(ref _state) == 0;
+    /// <summary>
+    /// True from the moment the kernel granted the lease until a break or release begins; while it is true the kernel
+    /// holds the lease (/proc/locks lists it, as ACTIVE or, while a break is being handled, BREAKING).
+    /// </summary>
+    public bool IsActive => Volatile.Read(ref _state) == Active;
 
     /// <summary>True when the kernel broke the lease (as opposed to a voluntary release).</summary>
     public bool WasBroken => _broken.IsCancellationRequested || Interlocked.Read(ref _signalTimestamp) != 0;
@@ -119,21 +132,20 @@ public sealed class FileLease : IDisposable
         TimeSpan.FromSeconds(int.Parse(System.IO.File.ReadAllText("/proc/sys/fs/lease-break-time").Trim(), CultureInfo.InvariantCulture));
 
     /// <summary>
-    /// Registers code to run when the lease ends (break or release) BEFORE the mapping is revoked and the lease released:
-    /// e.g. deregistering the memory regions over the file. Callbacks run once, last registered first, on the thread that
-    /// ends the lease (the watcher thread for a break). Dispose the returned object to unregister.
+    /// Adds something that must be torn down before the lease is given back (a memory region over the file): when the
+    /// lease ends, every dependent is first revoked (fast: no new use), then deregistered (waited for, bounded by the
+    /// kernel's deadline), and only then is the lease released. Dispose the returned object to remove it.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The lease has already ended.</exception>
-    public IDisposable RegisterTeardown(Action<FileLease> callback)
+    /// <exception cref="InvalidOperationException">The lease is not active.</exception>
+    internal IDisposable AddDependent(ILeaseDependent dependent)
     {
-        ArgumentNullException.ThrowIfNull(callback);
         lock (_gate)
         {
-            if (_state != 0)
+            if (_state != Active)
                 throw new InvalidOperationException("the lease has already been broken or released");
-            var t = new Teardown(this, callback);
-            _teardowns.Add(t);
-            return t;
+            var d = new Dependent(this, dependent);
+            _dependents.Add(d);
+            return d;
         }
     }
 
@@ -144,37 +156,34 @@ public sealed class FileLease : IDisposable
     /// <exception cref="ArgumentOutOfRangeException">Empty, or outside the file's mapping.</exception>
     public LeasedFileRange Range(long offset, long length) => new(this, offset, length);
 
-    /// <summary>Releases the lease: runs the teardown callbacks, then F_UNLCK. Idempotent; safe from any thread.</summary>
+    /// <summary>
+    /// Releases the lease: deregisters the regions over the file (confirmed by the kernel), then F_UNLCK. Idempotent;
+    /// safe from any thread; returns once the kernel has the lease back (also when another thread is giving it back).
+    /// </summary>
     public void Release() => End(breakSignal: 0, signalCode: 0, pendingType: -1, observed: 0);
 
     /// <summary>Same as <see cref="Release"/>.</summary>
     public void Dispose() => Release();
 
     /// <summary>Takes a lease on <paramref name="file"/>; see the class remarks for which kind.</summary>
-    /// <exception cref="LeaseUnavailableException">The kernel refused (EAGAIN: conflicting opens, named in the message).</exception>
+    /// <exception cref="LeaseUnavailableException">The kernel refused (EAGAIN: conflicting opens, named in the message),
+    /// or the file is now shorter than its mapping (truncated between the open and the lease).</exception>
+    /// <exception cref="InvalidOperationException">The file already has an active lease.</exception>
+    /// <exception cref="ObjectDisposedException">The file was disposed.</exception>
     public static FileLease Acquire(DaxFile file, LeaseOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(file);
         options ??= new LeaseOptions();
         int signal = LeaseSignals.EnsureStarted();
-        int fd = file.FileDescriptor;
         var type = file.Access == DaxFileAccess.Read ? LeaseType.Read : LeaseType.Write;
         int lockType = type == LeaseType.Read ? LibC.F_RDLCK : LibC.F_WRLCK;
 
-        // F_SETSIG before the lease, so the very first break is our real-time signal, not SIGIO.
-        if (Interop.Fcntl.SetSig(fd, signal) != 0)
-            throw UnixIOException.Last($"F_SETSIG({signal}) on '{file.Path}'");
-        if (Interop.Fcntl.SetOwn(fd, Environment.ProcessId) != 0)
-            throw UnixIOException.Last($"F_SETOWN on '{file.Path}'");
-
         string? whyNot = null;
-        var mechanism = LeaseMechanism.Delegation;
-        int errno = 0;
         if (options.PreferDelegation)
         {
-            var lease = new FileLease(file, fd, LeaseMechanism.Delegation, type, null);
-            if (TryTake(lease, () => Interop.Fcntl.SetDeleg(fd, lockType), out errno))
-                return lease;
+            var delegation = new FileLease(file, file.FileDescriptor, LeaseMechanism.Delegation, type, null);
+            if (delegation.TryTake(signal, lockType, out int errno))
+                return delegation.Activated();
             if (errno != LibC.EINVAL)
                 throw Unavailable(file, type, "F_SETDELEG", errno);
             whyNot = "F_SETDELEG failed with EINVAL: this kernel has no delegations for user space (Linux 6.19+) or not for this file";
@@ -185,27 +194,92 @@ public sealed class FileLease : IDisposable
         {
             whyNot = "LeaseOptions.PreferDelegation is false";
         }
-        mechanism = LeaseMechanism.Lease;
-        var classic = new FileLease(file, fd, mechanism, type, whyNot);
-        if (TryTake(classic, () => Interop.Fcntl.SetLease(fd, lockType), out errno))
-            return classic;
-        throw Unavailable(file, type, "F_SETLEASE", errno);
+        var classic = new FileLease(file, file.FileDescriptor, LeaseMechanism.Lease, type, whyNot);
+        if (classic.TryTake(signal, lockType, out int e))
+            return classic.Activated();
+        throw Unavailable(file, type, "F_SETLEASE", e);
     }
 
-    private static bool TryTake(FileLease lease, Func<int> take, out int errno)
+    /// <summary>
+    /// Attaches to the file, registers for break signals and asks the kernel. Every step is undone when a later one
+    /// fails, so a refused lease leaves the file, the signal registry and the kernel as they were.
+    /// </summary>
+    private bool TryTake(int signal, int lockType, out int errno)
     {
-        lease.File.Attach(lease);
-        LeaseSignals.Register(lease);    // before the lease exists, so a break right after is found
-        if (take() == 0)
+        errno = 0;
+        File.Attach(this, BreakTime + TimeSpan.FromSeconds(1));
+        bool registered = false, taken = false;
+        try
         {
-            errno = 0;
+            // F_SETSIG before the lease, so the very first break is our real-time signal, not SIGIO.
+            if (Interop.Fcntl.SetSig(_fd, signal) != 0)
+                throw UnixIOException.Last($"F_SETSIG({signal}) on '{File.Path}'");
+            if (Interop.Fcntl.SetOwn(_fd, Environment.ProcessId) != 0)
+                throw UnixIOException.Last($"F_SETOWN on '{File.Path}'");
+            LeaseSignals.Register(this);    // before the lease exists, so a break right after is found
+            registered = true;
+            int rc = Mechanism == LeaseMechanism.Delegation ? Interop.Fcntl.SetDeleg(_fd, lockType) : Interop.Fcntl.SetLease(_fd, lockType);
+            if (rc != 0)
+            {
+                errno = Marshal.GetLastPInvokeError();
+                return false;
+            }
+            taken = true;
+            // A truncate between the open and the lease leaves part of the mapping past EOF (SIGBUS on access, and a
+            // region over it would reach whatever the file grows into next): refuse such a lease.
+            long size = File.CurrentSize();
+            if (size < File.Length)
+                throw new LeaseUnavailableException(
+                    $"'{File.Path}' is now {size} bytes, shorter than its {File.Length}-byte mapping: it was truncated after it was opened. " +
+                    "Dispose the DaxFile and open the file again", 0, []);
             return true;
         }
-        errno = Marshal.GetLastPInvokeError();
-        LeaseSignals.Unregister(lease);
-        lease.File.Detach(lease);
-        Volatile.Write(ref lease._state, 2);
-        return false;
+        catch
+        {
+            taken = taken && !TakeBackAfterFailure();
+            throw;
+        }
+        finally
+        {
+            if (!taken)
+            {
+                if (registered)
+                    LeaseSignals.Unregister(this);
+                File.Detach(this);
+                Volatile.Write(ref _state, Released);
+                _ended.Set();
+            }
+        }
+    }
+
+    private bool TakeBackAfterFailure()
+    {
+        File.ReleaseKernelLease(Mechanism == LeaseMechanism.Delegation);
+        return true;
+    }
+
+    /// <summary>Pending → Active, then asks the kernel whether a break began meanwhile (its signal was ignored then).</summary>
+    private FileLease Activated()
+    {
+        Volatile.Write(ref _state, Active);
+        LeaseSignals.Verify();
+        if (KernelBreakPending(out _))
+            LeaseSignals.Dispatch(this, Stopwatch.GetTimestamp(), 0);
+        return this;
+    }
+
+    /// <summary>
+    /// F_GETLEASE/F_GETDELEG: true when the kernel no longer holds the lease as granted (a break is pending, or the
+    /// kernel removed it). <paramref name="pendingType"/> is what it reports (-1 when the call failed).
+    /// </summary>
+    internal bool KernelBreakPending(out int pendingType)
+    {
+        int held = Type == LeaseType.Read ? LibC.F_RDLCK : LibC.F_WRLCK;
+        if (Mechanism == LeaseMechanism.Delegation)
+            pendingType = Interop.Fcntl.GetDeleg(_fd, out int t) == 0 ? t : -1;
+        else
+            pendingType = Interop.Fcntl.GetLease(_fd);
+        return pendingType != held;
     }
 
     private static LeaseUnavailableException Unavailable(DaxFile file, LeaseType type, string call, int errno)
@@ -226,90 +300,127 @@ public sealed class FileLease : IDisposable
     private static string Describe(LeaseType type) => type == LeaseType.Read ? "read" : "write";
 
     /// <summary>
-    /// Called by the watcher for a signal naming this lease's descriptor. Returns false when F_GETLEASE/F_GETDELEG shows
-    /// the lease intact (a spurious signal) or the lease has already ended.
+    /// Called by the watcher for a signal naming this lease's descriptor (or a rescan). Returns false when
+    /// F_GETLEASE/F_GETDELEG shows the lease intact (a spurious signal) or the lease is not active.
     /// </summary>
-    internal bool OnBreakSignal(long signalTimestamp, int signalCode)
+    internal bool ConfirmBreak()
     {
         if (!IsActive)
             return false;
-        long observed = Stopwatch.GetTimestamp();
-        int held = Type == LeaseType.Read ? LibC.F_RDLCK : LibC.F_WRLCK;
-        int pending;
-        if (Mechanism == LeaseMechanism.Delegation)
-            pending = Interop.Fcntl.GetDeleg(_fd, out int t) == 0 ? t : -1;
-        else
-            pending = Interop.Fcntl.GetLease(_fd);
-        if (pending == held)
-            return false;            // lease intact: not a break (or one already withdrawn)
-        // F_UNLCK / F_RDLCK: a break is pending (or the kernel already removed the lease after lease-break-time).
-        return End(signalTimestamp, signalCode, pending, observed);
+        return KernelBreakPending(out _);
     }
 
+    /// <summary>Handles a confirmed break (on a break worker thread): see <see cref="End"/>.</summary>
+    internal void OnBreak(long signalTimestamp, int signalCode)
+    {
+        long observed = Stopwatch.GetTimestamp();
+        KernelBreakPending(out int pending);
+        End(signalTimestamp, signalCode, pending, observed);
+    }
+
+    /// <summary>Waits until the lease is fully given back, at most until <paramref name="deadline"/> (Stopwatch).</summary>
+    internal bool WaitEnded(long deadline)
+    {
+        long remaining = deadline - Stopwatch.GetTimestamp();
+        return remaining > 0 ? _ended.Wait(TimeSpan.FromSeconds((double)remaining / Stopwatch.Frequency)) : _ended.IsSet;
+    }
+
+    /// <summary>
+    /// Ends the lease, in this order: (1) revoked: <see cref="IsActive"/> false, every dependent revoked (posts naming a
+    /// region throw, attached QPs moved to the error state); (2) on a break, the file mapping replaced by an inaccessible
+    /// placeholder, so no device access reaches the file's blocks whatever happens next; (3) every dependent deregistered,
+    /// each waited for until the kernel confirms it (bounded by half the time left before the kernel's deadline); a
+    /// region that cannot be confirmed leaves the placeholder in place and its range reserved (and, if pinned, its
+    /// protection domain quarantined); (4) F_UNLCK; (5) the application told, off this thread.
+    /// </summary>
     private bool End(long breakSignal, int signalCode, int pendingType, long observed)
     {
-        Teardown[] teardowns = [];
+        Dependent[] dependents = [];
         bool mine = false, wait = false;
         lock (_gate)
         {
-            if (_state == 0)
+            if (_state == Active)
             {
                 mine = true;
-                _state = 1;
+                _state = Ending;
                 _endingThread = Environment.CurrentManagedThreadId;
                 if (breakSignal != 0)
                     Interlocked.Exchange(ref _signalTimestamp, breakSignal);
-                teardowns = [.. _teardowns];
-                _teardowns.Clear();
+                dependents = [.. _dependents];
+                _dependents.Clear();
             }
             else
             {
                 // Someone else is ending the lease. Wait until it is really released, so that a Dispose that follows
-                // never closes the descriptor under that thread, unless that someone is this very thread (a teardown
-                // callback calling Release or disposing the file).
-                wait = _state == 1 && _endingThread != Environment.CurrentManagedThreadId;
+                // never closes the descriptor under that thread (bounded: the teardown itself is bounded).
+                wait = _state == Ending && _endingThread != Environment.CurrentManagedThreadId;
             }
         }
         if (!mine)
         {
-            if (wait)
-                _ended.Wait();
+            if (wait && !WaitEnded(Stopwatch.GetTimestamp() + (long)((BreakTime.TotalSeconds + 1) * Stopwatch.Frequency)))
+                Trace.TraceError($"rdma-lease: {this} was still being given back by another thread after {BreakTime.TotalSeconds + 1} s");
             return false;
         }
 
-        // 1. revoked (above); 2. teardown callbacks, last registered first.
-        for (int i = teardowns.Length - 1; i >= 0; i--)
-        {
-            try
-            {
-                teardowns[i].Callback(this);
-            }
-            catch (Exception e)
-            {
-                lock (_gate)
-                    (_teardownErrors ??= []).Add(e);
-            }
-        }
-        // 3. the mapping, on a break only: the file's pages leave this process.
+        long start = breakSignal != 0 ? Math.Min(breakSignal, observed) : Stopwatch.GetTimestamp();
+        long kernelDeadline = start + (long)(BreakTime.TotalSeconds * Stopwatch.Frequency);
+        var reason = new LeaseRevokedException(this, broken: breakSignal != 0);
+        var errors = new List<Exception>();
+        // 1. Revoke: fast, nothing waits.
+        for (int i = dependents.Length - 1; i >= 0; i--)
+            Step(errors, () => dependents[i].Target.Revoke(reason, errors));
+        // 2. On a break, cut every device path to the file before anything can be slow.
         if (breakSignal != 0)
-            File.RevokeMapping();
-        // 4. release: lets the breaking process continue. Under the file's lock, so the descriptor is still ours
-        //    (a file disposed by a teardown callback has closed it, which released the lease already).
+            Step(errors, File.RevokeMapping);
+        // 3. Deregister, confirmed by the kernel, within half the time left.
+        long now = Stopwatch.GetTimestamp();
+        long waitUntil = now + Math.Max(0, (kernelDeadline - now) / 2);
+        for (int i = dependents.Length - 1; i >= 0; i--)
+            Step(errors, () => dependents[i].Target.Deregister(waitUntil, errors));
+        // A voluntary release with a region not confirmed gone: cut it off the file too.
+        Step(errors, () =>
+        {
+            if (File.HasUnconfirmedRegions)
+                File.RevokeMapping();
+        });
+        // 4. Release: lets the breaking process continue.
         File.ReleaseKernelLease(Mechanism == LeaseMechanism.Delegation);
         long released = Stopwatch.GetTimestamp();
         Interlocked.Exchange(ref _releasedTimestamp, released);
+        if (errors.Count > 0)
+        {
+            lock (_gate)
+                (_teardownErrors ??= []).AddRange(errors);
+            foreach (var e in errors)
+                Trace.TraceError($"rdma-lease: while giving back {this}: {e.Message}");
+        }
+        LeaseDiagnostics.RecordEnd(this, breakSignal != 0, start, released, BreakTime);
         LeaseSignals.Unregister(this);
         File.Detach(this);
-        Volatile.Write(ref _state, 2);
+        Volatile.Write(ref _state, Released);
         _ended.Set();
 
-        // 5. tell the application, off the watcher thread so a slow handler cannot delay other leases' breaks.
+        // 5. tell the application, off this thread so a slow handler cannot delay other leases' breaks.
         if (breakSignal != 0)
         {
             var args = new LeaseBreakEventArgs(this, _fd, signalCode, pendingType, breakSignal, observed, released, TeardownErrors);
             ThreadPool.UnsafeQueueUserWorkItem(static s => s.Lease.Notify(s), args, preferLocal: false);
         }
         return true;
+    }
+
+    /// <summary>Runs one teardown step; an exception is collected and never stops the release (the kernel would take the lease at its deadline anyway).</summary>
+    private static void Step(List<Exception> errors, Action step)
+    {
+        try
+        {
+            step();
+        }
+        catch (Exception e)
+        {
+            errors.Add(e);
+        }
     }
 
     private void Notify(LeaseBreakEventArgs args)
@@ -336,14 +447,27 @@ public sealed class FileLease : IDisposable
     public override string ToString() =>
         $"{Describe(Type)} {(Mechanism == LeaseMechanism.Delegation ? "delegation" : "lease")} on '{File.Path}' (fd {_fd}, {(IsActive ? "active" : WasBroken ? "broken" : "released")})";
 
-    private sealed class Teardown(FileLease owner, Action<FileLease> callback) : IDisposable
+    private sealed class Dependent(FileLease owner, ILeaseDependent target) : IDisposable
     {
-        public Action<FileLease> Callback { get; } = callback;
+        public ILeaseDependent Target { get; } = target;
 
         public void Dispose()
         {
             lock (owner._gate)
-                owner._teardowns.Remove(this);
+                owner._dependents.Remove(this);
         }
     }
+}
+
+/// <summary>Something that must be torn down before a lease is given back (a memory region over the leased file).</summary>
+internal interface ILeaseDependent
+{
+    /// <summary>Stops all new use at once (posts throw <paramref name="reason"/>); must not wait. Errors go to <paramref name="errors"/>.</summary>
+    void Revoke(LeaseRevokedException reason, List<Exception> errors);
+
+    /// <summary>
+    /// Destroys the kernel object, waiting until <paramref name="waitUntil"/> (Stopwatch) for the kernel to confirm it.
+    /// Returns true when confirmed; otherwise reports why in <paramref name="errors"/>.
+    /// </summary>
+    bool Deregister(long waitUntil, List<Exception> errors);
 }

@@ -1,5 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Tmds.Linux;
 
@@ -9,27 +11,44 @@ namespace RdmaLease.Leases;
 /// The process-wide delivery of lease breaks. The kernel announces a break with the signal chosen by F_SETSIG on the
 /// leased descriptor (here a real-time signal, default SIGRTMIN+5: .NET itself uses SIGRTMIN, and a real-time signal
 /// carries si_fd and queues instead of merging). A native SA_SIGINFO handler (native/lease_signals.c), installed before
-/// the first F_SETSIG, writes {si_fd, si_code, CLOCK_MONOTONIC} to a pipe; one background thread,
-/// "rdma-lease signals", reads the pipe, finds the lease by descriptor and, after F_GETLEASE/F_GETDELEG confirms a
-/// break is pending, revokes it (see <see cref="FileLease"/>).
+/// the first F_SETSIG, writes {si_fd, si_code, CLOCK_MONOTONIC} to a pipe; one background thread, "rdma-lease signals",
+/// reads the pipe, confirms the break with F_GETLEASE/F_GETDELEG and hands it to one of a few dedicated break workers
+/// ("rdma-lease break N"), which tear the lease down (see <see cref="FileLease"/>): a slow lease occupies one worker
+/// and never delays the others' breaks.
 /// </summary>
 /// <remarks>
-/// If another component already installed a handler for the chosen signal, it is kept and called after ours
-/// (<see cref="ChainedForeignHandler"/> says so); choose another signal with <see cref="UseSignal"/> to avoid sharing.
+/// <para>Robustness: SIGIO, which the kernel sends instead when it cannot queue the real-time signal (its default
+/// action kills the process), is handled too and makes the watcher re-check every lease. Every
+/// <see cref="RescanInterval"/>, and at every acquisition, the watcher checks that both handlers are still ours (a
+/// handler another component installed later is chained behind ours again) and re-checks every lease with
+/// F_GETLEASE/F_GETDELEG, so a lost signal delays a break by at most that interval. A watcher that fails restarts;
+/// counters are in <see cref="LeaseDiagnostics"/>.</para>
+/// <para>Only one copy of this assembly per process can deliver breaks: a second copy (another AssemblyLoadContext)
+/// is refused with an <see cref="InvalidOperationException"/> at its first lease.</para>
+/// <para>If another component already installed a handler for the chosen signal, it is kept and called after ours
+/// (<see cref="ChainedForeignHandler"/> says so); choose another signal with <see cref="UseSignal"/> to avoid sharing.</para>
 /// </remarks>
 public static class LeaseSignals
 {
     private static readonly Lock s_gate = new();
     private static readonly ConcurrentDictionary<int, FileLease> s_leases = new();
+    private static readonly ConcurrentQueue<(FileLease Lease, long Timestamp, int Code)> s_breaks = new();
+    private static readonly SemaphoreSlim s_breaksReady = new(0);
+    // Identifies this copy of the assembly to the native handler: one copy per process owns the pipe.
+    private static readonly long s_owner = Random.Shared.NextInt64(1, long.MaxValue);
     private static int s_signal;          // chosen (0: default not yet applied)
     private static bool s_installed;
     private static bool s_chained;
-    private static long s_spurious;
-    private static long s_dropped;
     private static Thread? s_watcher;
 
     /// <summary>The default offset from SIGRTMIN: SIGRTMIN+5.</summary>
     public const int DefaultSignalOffset = 5;
+
+    /// <summary>How often the watcher re-checks the handlers and every lease with the kernel when no signal arrives.</summary>
+    public static TimeSpan RescanInterval { get; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>Dedicated threads that tear leases down after a break.</summary>
+    internal static int BreakWorkerCount { get; } = Math.Max(4, Environment.ProcessorCount);
 
     /// <summary>The signal the kernel sends on a lease break (F_SETSIG): the chosen one, else SIGRTMIN+5.</summary>
     public static int SignalNumber
@@ -51,6 +70,9 @@ public static class LeaseSignals
         }
     }
 
+    /// <summary>True while the watcher thread runs (from the first lease on).</summary>
+    public static bool IsWatcherAlive => s_watcher?.IsAlive == true;
+
     /// <summary>True when a handler someone else had installed for <see cref="SignalNumber"/> is kept and chained.</summary>
     public static bool ChainedForeignHandler
     {
@@ -60,12 +82,6 @@ public static class LeaseSignals
                 return s_chained;
         }
     }
-
-    /// <summary>Signals that did not lead to a revocation: no lease on that descriptor, or F_GETLEASE showed no pending break.</summary>
-    public static long SpuriousSignals => Interlocked.Read(ref s_spurious);
-
-    /// <summary>Signal records the handler had to drop because the pipe was full (every lease was re-checked then).</summary>
-    public static long DroppedSignals => Interlocked.Read(ref s_dropped);
 
     /// <summary>
     /// Chooses the lease-break signal; only before the first lease (afterwards only the signal already in use is
@@ -84,7 +100,8 @@ public static class LeaseSignals
         }
     }
 
-    /// <summary>Installs the handler and starts the watcher (once); returns the signal to pass to F_SETSIG.</summary>
+    /// <summary>Installs the handlers and starts the watcher and the break workers (once); returns the signal for F_SETSIG.</summary>
+    /// <exception cref="InvalidOperationException">Another copy of this assembly in the process already delivers breaks.</exception>
     internal static unsafe int EnsureStarted()
     {
         lock (s_gate)
@@ -95,14 +112,44 @@ public static class LeaseSignals
             if (s_signal == 0)
                 s_signal = LibC.SIGRTMIN + DefaultSignalOffset;
             int chained;
-            if (Interop.LeaseSignals.Install(s_signal, Interop.LeaseSignals.Chain, &chained) != 0)
-                throw UnixIOException.Last($"installing the lease-break handler for signal {s_signal}");
+            if (Interop.LeaseSignals.Install(s_signal, Interop.LeaseSignals.Chain, s_owner, &chained) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == LibC.EEXIST)
+                    throw new InvalidOperationException(
+                        "another copy of RdmaLease.Leases in this process (loaded into another AssemblyLoadContext) already delivers lease breaks; " +
+                        "two copies would steal each other's break signals. Load RdmaLease.Leases once, in a context both users share.");
+                throw new UnixIOException($"installing the lease-break handler for signal {s_signal}", errno);
+            }
             s_chained = chained != 0;
             s_installed = true;
+            for (int i = 0; i < BreakWorkerCount; i++)
+                new Thread(BreakWorker) { IsBackground = true, Name = $"rdma-lease break {i}" }.Start();
             s_watcher = new Thread(Watch) { IsBackground = true, Name = "rdma-lease signals" };
             s_watcher.Start();
             return s_signal;
         }
+    }
+
+    /// <summary>
+    /// Checks that the native handlers for the lease signal and SIGIO are still installed; puts back one that another
+    /// component replaced (chaining the replacement) and then re-checks every lease, since a signal may have been missed.
+    /// </summary>
+    internal static void Verify()
+    {
+        int restored = Interop.LeaseSignals.Verify();
+        if (restored < 0)
+        {
+            Trace.TraceError($"rdma-lease: checking the lease-break handlers failed (errno {Marshal.GetLastPInvokeError()})");
+            return;
+        }
+        if (restored == 0)
+            return;
+        LeaseDiagnostics.RecordHandlerRestored();
+        Trace.TraceWarning($"rdma-lease: another component replaced the handler for {((restored & Interop.LeaseSignals.RestoredLeaseSignal) != 0 ? $"signal {s_signal}" : "")}" +
+            $"{(restored == (Interop.LeaseSignals.RestoredLeaseSignal | Interop.LeaseSignals.RestoredSigio) ? " and " : "")}" +
+            $"{((restored & Interop.LeaseSignals.RestoredSigio) != 0 ? "SIGIO" : "")}; ours was put back in front of it. Every lease is re-checked.");
+        Rescan();
     }
 
     internal static void Register(FileLease lease)
@@ -114,47 +161,160 @@ public static class LeaseSignals
     internal static void Unregister(FileLease lease) =>
         s_leases.TryRemove(new KeyValuePair<int, FileLease>(lease.FileDescriptor, lease));
 
+    /// <summary>Hands a confirmed break to a break worker.</summary>
+    internal static void Dispatch(FileLease lease, long timestamp, int code)
+    {
+        s_breaks.Enqueue((lease, timestamp, code));
+        s_breaksReady.Release();
+    }
+
     /// <summary>Converts a CLOCK_MONOTONIC reading to a <see cref="Stopwatch"/> timestamp (the same clock on Linux).</summary>
     internal static long MonotonicNsToStopwatch(long ns) =>
         Stopwatch.Frequency == 1_000_000_000 ? ns : (long)((Int128)ns * Stopwatch.Frequency / 1_000_000_000);
 
-    private static unsafe void Watch()
+    /// <summary>Re-checks every lease with the kernel and dispatches those whose break is pending.</summary>
+    internal static void Rescan()
+    {
+        long now = Stopwatch.GetTimestamp();
+        foreach (var lease in s_leases.Values)
+        {
+            if (lease.ConfirmBreak())
+            {
+                LeaseDiagnostics.RecordBreakFoundByRescan();
+                Dispatch(lease, now, 0);
+            }
+        }
+    }
+
+    private static void Watch()
+    {
+        Warmup.Run();
+        while (true)
+        {
+            try
+            {
+                WatchOnce();
+            }
+            catch (Exception e)
+            {
+                // Never die: a watcher that stopped would leave every lease to the kernel's deadline.
+                LeaseDiagnostics.RecordWatcherRestart();
+                Trace.TraceError($"rdma-lease: the lease-break watcher failed and restarts: {e}");
+                Thread.Sleep(10);
+            }
+        }
+    }
+
+    private static unsafe void WatchOnce()
     {
         const int Capacity = 64;
         var records = new Interop.LeaseSignals.Record[Capacity];
+        long nextCheck = 0;
         while (true)
         {
             int n;
             fixed (Interop.LeaseSignals.Record* p = records)
-                n = Interop.LeaseSignals.Read(p, Capacity);
+                n = Interop.LeaseSignals.Read(p, Capacity, (int)RescanInterval.TotalMilliseconds);
             if (n < 0)
-            {
-                int e = Marshal.GetLastPInvokeError();
-                Trace.TraceError($"rdma-lease: reading the lease-break pipe failed (errno {e}); lease breaks are no longer delivered");
-                return;
-            }
-            if (n == 0)
-                return;
+                throw new UnixIOException("reading the lease-break pipe", Marshal.GetLastPInvokeError());
+            bool rescan = false;
             for (int i = 0; i < n; i++)
             {
                 ref var r = ref records[i];
-                if (s_leases.TryGetValue(r.Fd, out var lease))
+                if (r.Code == Interop.LeaseSignals.RescanCode)
                 {
-                    if (!lease.OnBreakSignal(MonotonicNsToStopwatch(r.MonotonicNs), r.Code))
-                        Interlocked.Increment(ref s_spurious);
+                    LeaseDiagnostics.RecordSigio();
+                    rescan = true;
+                }
+                else if (s_leases.TryGetValue(r.Fd, out var lease) && lease.ConfirmBreak())
+                {
+                    Dispatch(lease, MonotonicNsToStopwatch(r.MonotonicNs), r.Code);
                 }
                 else
                 {
-                    Interlocked.Increment(ref s_spurious);
+                    LeaseDiagnostics.RecordSpuriousSignal();
                 }
             }
             int dropped = Interop.LeaseSignals.TakeDropped();
             if (dropped > 0)
             {
-                Interlocked.Add(ref s_dropped, dropped);
-                long now = Stopwatch.GetTimestamp();
-                foreach (var lease in s_leases.Values)
-                    lease.OnBreakSignal(now, 0);
+                LeaseDiagnostics.RecordDroppedSignals(dropped);
+                rescan = true;
+            }
+            long now = Stopwatch.GetTimestamp();
+            if (n == 0 || now >= nextCheck)
+            {
+                nextCheck = now + (long)(RescanInterval.TotalSeconds * Stopwatch.Frequency);
+                Verify();
+                rescan = true;
+            }
+            if (rescan)
+                Rescan();
+        }
+    }
+
+    private static void BreakWorker()
+    {
+        while (true)
+        {
+            s_breaksReady.Wait();
+            if (!s_breaks.TryDequeue(out var work))
+                continue;
+            try
+            {
+                work.Lease.OnBreak(work.Timestamp, work.Code);
+            }
+            catch (Exception e)
+            {
+                Trace.TraceError($"rdma-lease: handling the break of {work.Lease} failed: {e}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Compiles the break path before the first break: under the JIT, the first break of a process otherwise spends
+    /// tens of milliseconds compiling the methods between the signal and F_UNLCK, against the kernel's deadline.
+    /// </summary>
+    private static class Warmup
+    {
+        public static void Run()
+        {
+            if (!RuntimeFeature.IsDynamicCodeCompiled)
+                return;   // NativeAOT: compiled ahead of time
+            long start = Stopwatch.GetTimestamp();
+            Prepare(typeof(FileLease));
+            Prepare(typeof(LeasedMemoryRegion));
+            Prepare(typeof(DaxFile));
+            Prepare(typeof(LeaseSignals));
+            Prepare(typeof(LeaseDiagnostics));
+            Prepare(typeof(Verbs.MemoryRegion));
+            Prepare(typeof(Verbs.QueuePair));
+            Prepare(typeof(Verbs.ProtectionDomain));
+            Prepare(typeof(Verbs.Internal.NativeHandle));
+            Prepare(typeof(Verbs.Internal.VerbsObject));
+            Prepare(typeof(Interop.Fcntl));
+            Prepare(typeof(Interop.LeaseSignals));
+            LeaseDiagnostics.WarmupTime = Stopwatch.GetElapsedTime(start);
+        }
+
+        private static void Prepare(
+            [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicMethods | DynamicallyAccessedMemberTypes.NonPublicMethods
+                | DynamicallyAccessedMemberTypes.PublicConstructors | DynamicallyAccessedMemberTypes.NonPublicConstructors)] Type type)
+        {
+            const System.Reflection.BindingFlags All = System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic
+                | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.DeclaredOnly;
+            foreach (var m in type.GetMethods(All))
+            {
+                if (m.IsAbstract || m.ContainsGenericParameters)
+                    continue;
+                try
+                {
+                    RuntimeHelpers.PrepareMethod(m.MethodHandle);
+                }
+                catch (Exception e) when (e is ArgumentException or NotSupportedException or InvalidOperationException or TypeLoadException or DllNotFoundException or EntryPointNotFoundException)
+                {
+                    // a method that cannot be prepared ahead (P/Invoke into a library not loaded): compiled on first use
+                }
             }
         }
     }

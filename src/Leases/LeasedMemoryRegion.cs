@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using RdmaLease.Verbs;
+using RdmaLease.Verbs.Internal;
 
 namespace RdmaLease.Leases;
 
@@ -23,16 +24,15 @@ namespace RdmaLease.Leases;
 /// <para>Thread-safe. Registration and teardown are serialized: a break that arrives while the region is being registered
 /// waits for the registration, then tears it down.</para>
 /// </remarks>
-public sealed unsafe class LeasedMemoryRegion : IDisposable
+public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
 {
     private readonly Lock _gate = new();
     private readonly List<QueuePair> _queuePairs = [];
-    private readonly IDisposable _teardownRegistration;
-    private MemoryRegion? _region;
+    private readonly IDisposable _dependentRegistration;
+    private readonly MemoryRegion _region;
     private LeaseRevokedException? _revocation;
     private long _teardownStarted;
     private long _deregistered;
-    private int _deregistrationErrno;
     private bool _disposed;
 
     internal LeasedMemoryRegion(ProtectionDomain pd, LeasedFileRange range, AccessFlags access)
@@ -40,12 +40,15 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable
         Lease = range.Lease;
         FileOffset = range.Offset;
         ProtectionDomain = pd;
+        // The first ODP registration on a device runs the integrity probe (up to seconds): before anything a break waits on.
+        if ((access & AccessFlags.OnDemand) != 0)
+            pd.Device.EnsureOdpIntegrityChecked();
         lock (_gate)
         {
-            // The callback first: a break from now on waits on _gate, then finds the region (or the failure) below.
+            // The dependent first: a break from now on waits on _gate, then finds the region (or the failure) below.
             try
             {
-                _teardownRegistration = range.Lease.RegisterTeardown(OnLeaseEnding);
+                _dependentRegistration = range.Lease.AddDependent(this);
             }
             catch (InvalidOperationException)
             {
@@ -53,12 +56,17 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable
             }
             try
             {
-                byte* address = range.Lease.File.BaseAddress + range.Offset;   // throws if the mapping is already revoked
-                _region = pd.Register(address, (nuint)range.Length, access);
+                DaxFile file = range.Lease.File;
+                byte* address = file.BaseAddress + range.Offset;   // throws if the mapping is already revoked
+                var (mapping, descriptor) = file.MemoryOwners;
+                // The region keeps the mapping and the descriptor alive: neither is unmapped or closed before the
+                // kernel confirmed the region gone, whatever happens to this object or the file.
+                _region = pd.RegisterKeepingAlive(address, (nuint)range.Length, access, mapping, descriptor);
+                file.AddRegion(_region);
             }
             catch
             {
-                _teardownRegistration.Dispose();
+                _dependentRegistration.Dispose();
                 throw;
             }
         }
@@ -80,7 +88,7 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable
     /// The verbs region, for posting (<see cref="MemoryRegion.Slice"/>, <see cref="MemoryRegion.ToRemote()"/>). After the
     /// lease ended it is revoked and disposed; posts naming it throw <see cref="Revocation"/>.
     /// </summary>
-    public MemoryRegion Region => _region!;
+    public MemoryRegion Region => _region;
 
     /// <summary>Bytes registered.</summary>
     public nuint Length => Region.Length;
@@ -123,8 +131,14 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable
     /// <summary>Stopwatch timestamp right after deregistration (0 while registered).</summary>
     public long DeregisteredTimestamp => Interlocked.Read(ref _deregistered);
 
-    /// <summary>The errno ibv_dereg_mr returned when the teardown deregistered the region (0: success, or not yet).</summary>
-    public int DeregistrationErrno => Volatile.Read(ref _deregistrationErrno);
+    /// <summary>
+    /// True once the kernel confirmed the region gone (ibv_dereg_mr returned success). Until then a peer's key might
+    /// still name it; the file range under it stays reserved.
+    /// </summary>
+    public bool IsDeregistered => _region.DeregistrationState == DestroyState.Destroyed;
+
+    /// <summary>The errno of the last failed ibv_dereg_mr (0 when none failed).</summary>
+    public int DeregistrationErrno => _region.DeregistrationErrno;
 
     /// <summary>What a peer needs to reach the region.</summary>
     public RemoteRegion ToRemote() => Region.ToRemote();
@@ -159,34 +173,38 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable
     }
 
     /// <summary>
-    /// Deregisters the region now (the lease stays held; attached queue pairs are left as they are). Idempotent.
+    /// Deregisters the region now (the lease stays held; attached queue pairs are left as they are), waiting until the
+    /// kernel confirms it (bounded by half the lease-break time). Idempotent.
     /// </summary>
+    /// <exception cref="RegionDeregistrationException">The kernel did not confirm the deregistration: see the exception.</exception>
     public void Dispose()
     {
+        var errors = new List<Exception>();
         lock (_gate)
         {
             if (_disposed)
                 return;
             _disposed = true;
-            _teardownRegistration.Dispose();
+            _dependentRegistration.Dispose();
             _queuePairs.Clear();
-            if (_region is { } mr && mr.Revocation is null)
-                mr.Revoke(new ObjectDisposedException(ToString()));
-            Deregister();
+            if (_region.Revocation is null)
+                _region.Revoke(new ObjectDisposedException(ToString()));
+            long waitUntil = Stopwatch.GetTimestamp() + (long)(Lease.BreakTime.TotalSeconds / 2 * Stopwatch.Frequency);
+            DeregisterLocked(waitUntil, errors);
         }
+        if (errors.Count > 0)
+            throw errors[0];
     }
 
-    private void OnLeaseEnding(FileLease lease)
+    void ILeaseDependent.Revoke(LeaseRevokedException reason, List<Exception> errors)
     {
         lock (_gate)
         {
             if (_disposed || _revocation is not null)
                 return;
             Interlocked.Exchange(ref _teardownStarted, Stopwatch.GetTimestamp());
-            var reason = new LeaseRevokedException(lease, broken: lease.BreakSignalTimestamp != 0);
             _revocation = reason;
-            _region?.Revoke(reason);
-            List<Exception>? errors = null;
+            _region.Revoke(reason);
             foreach (var qp in _queuePairs)
             {
                 try
@@ -194,28 +212,78 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable
                     if (!qp.IsDisposed)
                         qp.MoveToError();
                 }
-                catch (Exception e) when (e is VerbsException or ObjectDisposedException)
+                catch (ObjectDisposedException)
                 {
-                    (errors ??= []).Add(e);
+                    // destroyed meanwhile: it can no longer touch the region
+                }
+                catch (VerbsException e)
+                {
+                    errors.Add(e);
                 }
             }
             _queuePairs.Clear();
-            Deregister();
-            if (errors is not null)
-                throw new AggregateException($"moving queue pairs to the error state while tearing down {this}", errors);
         }
     }
 
-    private void Deregister()
+    bool ILeaseDependent.Deregister(long waitUntil, List<Exception> errors)
     {
-        if (_region is not { } mr || mr.IsDisposed)
-            return;
-        mr.Dispose();
-        Volatile.Write(ref _deregistrationErrno, mr.HandleForChildren.DestroyErrno);
-        Interlocked.Exchange(ref _deregistered, Stopwatch.GetTimestamp());
+        lock (_gate)
+            return _disposed ? IsDeregistered : DeregisterLocked(waitUntil, errors);
+    }
+
+    /// <summary>
+    /// Deregisters and waits for the kernel's confirmation. Not confirmed: a post still holds a reference at
+    /// <paramref name="waitUntil"/> (the deregistration then runs when it returns), or ibv_dereg_mr failed even after
+    /// retries. Either way the file range under the region stays reserved (its handles are kept by the region), and a
+    /// pinned region's domain is quarantined: all its QPs to the error state, so no peer reaches the pages through it.
+    /// </summary>
+    private bool DeregisterLocked(long waitUntil, List<Exception> errors)
+    {
+        var state = _region.DeregisterAndWait(waitUntil);
+        if (state == DestroyState.Destroyed)
+        {
+            Interlocked.Exchange(ref _deregistered, Stopwatch.GetTimestamp());
+            return true;
+        }
+        LeaseDiagnostics.RecordUnconfirmedDeregistration(state == DestroyState.Failed);
+        string why = state == DestroyState.Failed
+            ? $"ibv_dereg_mr failed with {Verbs.Errno.Describe(_region.DeregistrationErrno)} after {NativeHandle.DestroyAttempts} attempts"
+            : "a post still held the region when the wait ended (it is deregistered when that post returns)";
+        string consequence;
+        if (IsOnDemand)
+        {
+            consequence = "the file range under it stays reserved by an inaccessible placeholder, so peers using its key get errors";
+        }
+        else
+        {
+            var qpErrors = ProtectionDomain.Quarantine($"pinned {this} could not be confirmed deregistered ({why}).");
+            errors.AddRange(qpErrors);
+            LeaseDiagnostics.RecordQuarantine();
+            consequence = $"it is pinned, so every queue pair of {ProtectionDomain} was moved to the error state and the domain takes no new ones";
+        }
+        errors.Add(new RegionDeregistrationException(this, state == DestroyState.Failed ? _region.DeregistrationErrno : 0, $"{why}; {consequence}"));
+        return false;
     }
 
     /// <inheritdoc/>
     public override string ToString() =>
-        $"leased {(_region?.IsOnDemand == true ? "ODP" : "pinned")} region '{Lease.File.Path}'+{FileOffset} ({(IsActive ? "active" : "revoked")})";
+        $"leased {(_region.IsOnDemand ? "ODP" : "pinned")} region '{Lease.File.Path}'+{FileOffset} rkey 0x{_region.RemoteKey:x}";
+}
+
+/// <summary>
+/// The kernel did not confirm that a leased memory region was deregistered: ibv_dereg_mr kept failing, or a post still
+/// held the region when the bounded wait ended. The region may still exist; what the library did so that no peer can
+/// reach the file through it is in the message (an ODP region's file range is kept behind an inaccessible placeholder; a
+/// pinned region's protection domain is quarantined).
+/// </summary>
+public sealed class RegionDeregistrationException : InvalidOperationException
+{
+    internal RegionDeregistrationException(LeasedMemoryRegion region, int errno, string detail)
+        : base($"{region} was not confirmed deregistered: {detail}.")
+    {
+        Errno = errno;
+    }
+
+    /// <summary>The errno ibv_dereg_mr failed with, or 0 when it had not run yet (a post held the region).</summary>
+    public int Errno { get; }
 }

@@ -51,18 +51,12 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
     static NativeHandle CreateChannel(Device device)
     {
         NativeHandle parent = device.HandleForChildren;
-        nint ctx = parent.Enter();
-        try
-        {
-            ibv_comp_channel* ch = libibverbs.ibv_create_comp_channel((ibv_context*)ctx);
-            if (ch == null)
-                throw new VerbsException("ibv_create_comp_channel", device.ToString(), Marshal.GetLastPInvokeError());
-            return new NativeHandle((nint)ch, &DestroyChannel, "completion channel on " + device.Name, parent);
-        }
-        finally
-        {
-            parent.Exit();
-        }
+        using var ctxRef = parent.Enter();
+        nint ctx = ctxRef.Pointer;
+        ibv_comp_channel* ch = libibverbs.ibv_create_comp_channel((ibv_context*)ctx);
+        if (ch == null)
+            throw new VerbsException("ibv_create_comp_channel", device.ToString(), Marshal.GetLastPInvokeError());
+        return new NativeHandle((nint)ch, &DestroyChannel, "completion channel on " + device.Name, parent);
     }
 
     static int DestroyChannel(nint ch) => libibverbs.ibv_destroy_comp_channel((ibv_comp_channel*)ch);
@@ -75,25 +69,19 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
             throw new ArgumentOutOfRangeException(nameof(entries), entries, $"{device} supports 1..{device.Attributes.MaxCqe} CQ entries");
         }
         NativeHandle parent = device.HandleForChildren;
-        nint ctx = parent.Enter();
-        try
+        using var ctxRef = parent.Enter();
+        nint ctx = ctxRef.Pointer;
+        var ch = channel == null ? null : (ibv_comp_channel*)channel.DangerousGetHandle();
+        ibv_cq* cq = libibverbs.ibv_create_cq((ibv_context*)ctx, entries, null, ch, 0);
+        if (cq == null)
         {
-            var ch = channel == null ? null : (ibv_comp_channel*)channel.DangerousGetHandle();
-            ibv_cq* cq = libibverbs.ibv_create_cq((ibv_context*)ctx, entries, null, ch, 0);
-            if (cq == null)
-            {
-                int errno = Marshal.GetLastPInvokeError();
-                channel?.Dispose();
-                throw new VerbsException("ibv_create_cq", $"{device} ({entries} entries)", errno);
-            }
-            capacity = cq->cqe;
-            // The channel must outlive the CQ: it is a dependency, released after ibv_destroy_cq.
-            return new NativeHandle((nint)cq, &Destroy, "completion queue on " + device.Name, parent, channel);
+            int errno = Marshal.GetLastPInvokeError();
+            channel?.Dispose();
+            throw new VerbsException("ibv_create_cq", $"{device} ({entries} entries)", errno);
         }
-        finally
-        {
-            parent.Exit();
-        }
+        capacity = cq->cqe;
+        // The channel must outlive the CQ: it is a dependency, released after ibv_destroy_cq.
+        return new NativeHandle((nint)cq, &Destroy, "completion queue on " + device.Name, parent, channel);
     }
 
     static int Destroy(nint cq) => libibverbs.ibv_destroy_cq((ibv_cq*)cq);
@@ -106,52 +94,35 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
     /// <exception cref="VerbsException">The provider reported a polling error.</exception>
     public int Poll(Span<WorkCompletion> completions)
     {
-        nint cq = Handle.Enter();
-        try
-        {
-            int n;
-            fixed (WorkCompletion* wc = completions)
-                n = RdmaLeaseNative.PollCq((ibv_cq*)cq, completions.Length, (ibv_wc*)wc);
-            if (n < 0)
-                throw new VerbsException("ibv_poll_cq", ToString(), -n);
-            return n;
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var cqRef = Handle.Enter();
+        nint cq = cqRef.Pointer;
+        int n;
+        fixed (WorkCompletion* wc = completions)
+            n = RdmaLeaseNative.PollCq((ibv_cq*)cq, completions.Length, (ibv_wc*)wc);
+        if (n < 0)
+            throw new VerbsException("ibv_poll_cq", ToString(), -n);
+        return n;
     }
 
     void RequestNotification()
     {
-        nint cq = Handle.Enter();
-        try
-        {
-            int rc = RdmaLeaseNative.ReqNotifyCq((ibv_cq*)cq, 0);
-            if (rc != 0)
-                throw new VerbsException("ibv_req_notify_cq", ToString(), rc);
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var cqRef = Handle.Enter();
+        nint cq = cqRef.Pointer;
+        int rc = RdmaLeaseNative.ReqNotifyCq((ibv_cq*)cq, 0);
+        if (rc != 0)
+            throw new VerbsException("ibv_req_notify_cq", ToString(), rc);
     }
 
     // On the event thread: take every pending CQ event off the channel (non-blocking), ack them
     // (ibv_destroy_cq waits for unacknowledged events), then wake the waiter.
     void OnChannelReadable()
     {
-        nint ch = _channel!.Enter();
-        try
+        using (var ch = _channel!.Enter())
         {
             ibv_cq* cq;
             void* context;
-            while (libibverbs.ibv_get_cq_event((ibv_comp_channel*)ch, &cq, &context) == 0)
+            while (libibverbs.ibv_get_cq_event((ibv_comp_channel*)ch.Pointer, &cq, &context) == 0)
                 libibverbs.ibv_ack_cq_events(cq, 1);
-        }
-        finally
-        {
-            _channel.Exit();
         }
         TaskCompletionSource? waiter;
         lock (_waitLock)

@@ -115,17 +115,11 @@ public sealed unsafe partial class Device : VerbsObject
     {
         CheckPort(port);
         ibv_port_attr attr;
-        nint ctx = Handle.Enter();
-        try
-        {
-            int rc = RdmaLeaseNative.QueryPort((ibv_context*)ctx, port, &attr, (ulong)sizeof(ibv_port_attr));
-            if (rc != 0)
-                throw new VerbsException("ibv_query_port", $"{this} port {port}", rc);
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var ctxRef = Handle.Enter();
+        nint ctx = ctxRef.Pointer;
+        int rc = RdmaLeaseNative.QueryPort((ibv_context*)ctx, port, &attr, (ulong)sizeof(ibv_port_attr));
+        if (rc != 0)
+            throw new VerbsException("ibv_query_port", $"{this} port {port}", rc);
         return PortAttributes.From(port, attr);
     }
 
@@ -136,17 +130,11 @@ public sealed unsafe partial class Device : VerbsObject
         CheckPort(port);
         ArgumentOutOfRangeException.ThrowIfNegative(index);
         ibv_gid_entry entry;
-        nint ctx = Handle.Enter();
-        try
-        {
-            int rc = libibverbs._ibv_query_gid_ex((ibv_context*)ctx, port, (uint)index, &entry, 0, (nuint)sizeof(ibv_gid_entry));
-            if (rc != 0)
-                throw new VerbsException("ibv_query_gid_ex", $"{this} port {port} GID index {index}", rc);
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var ctxRef = Handle.Enter();
+        nint ctx = ctxRef.Pointer;
+        int rc = libibverbs._ibv_query_gid_ex((ibv_context*)ctx, port, (uint)index, &entry, 0, (nuint)sizeof(ibv_gid_entry));
+        if (rc != 0)
+            throw new VerbsException("ibv_query_gid_ex", $"{this} port {port} GID index {index}", rc);
         return GidEntry.From(entry);
     }
 
@@ -158,16 +146,10 @@ public sealed unsafe partial class Device : VerbsObject
             max += QueryPort(p).GidTableLength;
         var entries = new ibv_gid_entry[Math.Max(max, 1)];
         long n;
-        nint ctx = Handle.Enter();
-        try
-        {
-            fixed (ibv_gid_entry* e = entries)
-                n = (long)libibverbs._ibv_query_gid_table((ibv_context*)ctx, e, (nuint)entries.Length, 0, (nuint)sizeof(ibv_gid_entry));
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var ctxRef = Handle.Enter();
+        nint ctx = ctxRef.Pointer;
+        fixed (ibv_gid_entry* e = entries)
+            n = (long)libibverbs._ibv_query_gid_table((ibv_context*)ctx, e, (nuint)entries.Length, 0, (nuint)sizeof(ibv_gid_entry));
         if (n < 0)
             throw new VerbsException("ibv_query_gid_table", ToString(), (int)-n);
         return [.. entries.AsSpan(0, (int)n).ToArray().Select(GidEntry.From)];

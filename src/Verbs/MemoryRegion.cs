@@ -32,8 +32,11 @@ public unsafe class MemoryRegion : VerbsObject
 
     Exception? _revoked;
 
-    internal MemoryRegion(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory)
-        : base(RegisterNative(pd, address, length, access, iova, ownsMemory, out ibv_mr* mr), pd)
+    // keepAlive: handles owning the memory (a file mapping, its descriptor), released only after the region's
+    // deregistration succeeded, so the range cannot be unmapped while the region might exist.
+    internal MemoryRegion(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory,
+        params ReadOnlySpan<SafeHandle?> keepAlive)
+        : base(RegisterNative(pd, address, length, access, iova, ownsMemory, out ibv_mr* mr, keepAlive), pd)
     {
         ProtectionDomain = pd;
         Address = (nint)address;
@@ -44,7 +47,8 @@ public unsafe class MemoryRegion : VerbsObject
         RemoteKey = mr->rkey;
     }
 
-    static NativeHandle RegisterNative(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory, out ibv_mr* mr)
+    static NativeHandle RegisterNative(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory, out ibv_mr* mr,
+        ReadOnlySpan<SafeHandle?> keepAlive)
     {
         if ((access & (AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 && (access & AccessFlags.LocalWrite) == 0)
             throw new ArgumentException($"{access}: remote write and remote atomic access need LocalWrite too (the verbs API requires it).", nameof(access));
@@ -63,26 +67,33 @@ public unsafe class MemoryRegion : VerbsObject
             }
         }
         NativeHandle parent = pd.HandleForChildren;
-        nint p = parent.Enter();
+        using var pdRef = parent.Enter();
+        // The handle takes its references on the parent and the keep-alive handles first, so none of them can be
+        // closed between the registration and the moment the region depends on them; the pointer is set after.
+        var handle = new NativeHandle(0, &Deregister, $"memory region 0x{(nint)address:x}+{length}", [parent, .. keepAlive]);
+        int errno = 0;
         try
         {
-            mr = libibverbs.ibv_reg_mr_iova2((ibv_pd*)p, address, length, iova, (uint)access);
+            mr = libibverbs.ibv_reg_mr_iova2((ibv_pd*)pdRef.Pointer, address, length, iova, (uint)access);
             if (mr == null)
-            {
-                if (ownsMemory)
-                    NativeMemory.AlignedFree(address);
-                int errno = Marshal.GetLastPInvokeError();
-                throw new VerbsException("ibv_reg_mr", $"{length} bytes at 0x{(nint)address:x} ({access}) in {pd}", errno, Hint(errno, access));
-            }
-            var handle = new NativeHandle((nint)mr, &Deregister, $"memory region 0x{(nint)address:x}+{length}", parent);
-            if (ownsMemory)
-                handle.FreeAfterDestroy = (nint)address;
-            return handle;
+                errno = Marshal.GetLastPInvokeError();
         }
-        finally
+        catch
         {
-            parent.Exit();
+            handle.ReleaseDependenciesOfUnusedHandle();
+            throw;
         }
+        if (mr == null)
+        {
+            handle.ReleaseDependenciesOfUnusedHandle();
+            if (ownsMemory)
+                NativeMemory.AlignedFree(address);
+            throw new VerbsException("ibv_reg_mr", $"{length} bytes at 0x{(nint)address:x} ({access}) in {pd}", errno, Hint(errno, access));
+        }
+        handle.Attach((nint)mr, $"memory region 0x{(nint)address:x}+{length} (rkey 0x{mr->rkey:x})");
+        if (ownsMemory)
+            handle.FreeAfterDestroy = (nint)address;
+        return handle;
     }
 
     static string? Hint(int errno, AccessFlags access) => errno switch
@@ -113,15 +124,46 @@ public unsafe class MemoryRegion : VerbsObject
     /// <summary>The exception posts will throw, once revoked; else null.</summary>
     public Exception? Revocation => Volatile.Read(ref _revoked);
 
-    /// <summary>Takes a reference for a post; throws if revoked or disposed.</summary>
-    internal void EnterForPost()
+    /// <summary>
+    /// Takes a reference for a post; throws if revoked or disposed. The revocation is checked again after the
+    /// reference is taken: a post either fails here, or holds the reference until its native call returned, and
+    /// the deregistration (which waits for the last reference) can only run after that. So once
+    /// <see cref="Revoke"/> returned, no post that has not already reached libibverbs names the region.
+    /// </summary>
+    internal HandleScope EnterForPost()
     {
         if (Volatile.Read(ref _revoked) is { } reason)
             throw reason;
-        Handle.Enter();
+        var scope = Handle.Enter();
+        if (Volatile.Read(ref _revoked) is { } late)
+        {
+            scope.Dispose();
+            throw late;
+        }
+        return scope;
     }
 
-    internal void ExitForPost() => Handle.Exit();
+    /// <summary>Gives back a reference <see cref="EnterForPost"/> took, for callers that hold several at once.</summary>
+    internal void ExitPost() => Handle.DangerousRelease();
+
+    /// <summary>
+    /// Deregisters the region and waits, until <paramref name="deadline"/> (a Stopwatch timestamp), for the kernel
+    /// to confirm it: a post holding a reference finishes first. Returns Destroyed once ibv_dereg_mr succeeded;
+    /// Pending when a reference was still held at the deadline (the deregistration then runs when it is given back);
+    /// Failed when ibv_dereg_mr kept failing (<see cref="DeregistrationErrno"/>): the region may still exist, and the
+    /// memory under it (and anything it was registered to keep alive) is kept for ever.
+    /// </summary>
+    internal DestroyState DeregisterAndWait(long deadline)
+    {
+        Dispose();
+        return Handle.WaitForDestroy(deadline);
+    }
+
+    /// <summary>The errno of the last failed ibv_dereg_mr (0 when none failed).</summary>
+    internal int DeregistrationErrno => Handle.DestroyErrno;
+
+    /// <summary>Whether ibv_dereg_mr has run and succeeded (the kernel object is gone), is pending, or failed.</summary>
+    internal DestroyState DeregistrationState => Handle.DestroyState;
 
     /// <summary>Checks that [offset, offset+length) lies inside the region.</summary>
     internal void CheckRange(ulong offset, ulong length)
@@ -143,25 +185,16 @@ public unsafe class MemoryRegion : VerbsObject
             throw new InvalidOperationException($"{this} is not an ODP region; only ODP regions can be prefetched.");
         CheckRange(offset, length);
         var sge = new ibv_sge { addr = (ulong)Address + offset, length = length, lkey = LocalKey };
-        NativeHandle pd = ProtectionDomain.HandleForChildren;
-        nint p = pd.Enter();
-        EnterForPost();
-        try
-        {
-            const int PrefetchRead = 0, PrefetchWrite = 1;   // IBV_ADVISE_MR_ADVICE_PREFETCH(_WRITE)
-            const uint FlagFlush = 1;                        // IBV_ADVISE_MR_FLAG_FLUSH: wait until done
-            int rc = RdmaLeaseNative.AdviseMr((ibv_pd*)p, forWrite ? PrefetchWrite : PrefetchRead, FlagFlush, &sge, 1);
-            if (rc == Errno.EOPNOTSUPP)
-                return false;
-            if (rc != 0)
-                throw new VerbsException("ibv_advise_mr", ToString(), rc);
-            return true;
-        }
-        finally
-        {
-            ExitForPost();
-            pd.Exit();
-        }
+        using var pd = ProtectionDomain.HandleForChildren.Enter();
+        using var mr = EnterForPost();
+        const int PrefetchRead = 0, PrefetchWrite = 1;   // IBV_ADVISE_MR_ADVICE_PREFETCH(_WRITE)
+        const uint FlagFlush = 1;                        // IBV_ADVISE_MR_FLAG_FLUSH: wait until done
+        int rc = RdmaLeaseNative.AdviseMr((ibv_pd*)pd.Pointer, forWrite ? PrefetchWrite : PrefetchRead, FlagFlush, &sge, 1);
+        if (rc == Errno.EOPNOTSUPP)
+            return false;
+        if (rc != 0)
+            throw new VerbsException("ibv_advise_mr", ToString(), rc);
+        return true;
     }
 
     /// <summary>A local scatter/gather segment of this region.</summary>

@@ -25,18 +25,12 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     static NativeHandle Allocate(Device device)
     {
         NativeHandle parent = device.HandleForChildren;
-        nint ctx = parent.Enter();
-        try
-        {
-            ibv_pd* pd = libibverbs.ibv_alloc_pd((ibv_context*)ctx);
-            if (pd == null)
-                throw new VerbsException("ibv_alloc_pd", device.ToString(), Marshal.GetLastPInvokeError());
-            return new NativeHandle((nint)pd, &Dealloc, "protection domain on " + device.Name, parent);
-        }
-        finally
-        {
-            parent.Exit();
-        }
+        using var ctxRef = parent.Enter();
+        nint ctx = ctxRef.Pointer;
+        ibv_pd* pd = libibverbs.ibv_alloc_pd((ibv_context*)ctx);
+        if (pd == null)
+            throw new VerbsException("ibv_alloc_pd", device.ToString(), Marshal.GetLastPInvokeError());
+        return new NativeHandle((nint)pd, &Dealloc, "protection domain on " + device.Name, parent);
     }
 
     static int Dealloc(nint pd) => libibverbs.ibv_dealloc_pd((ibv_pd*)pd);
@@ -71,8 +65,73 @@ public sealed unsafe class ProtectionDomain : VerbsObject
         return new MemoryRegion(this, address, length, access, iova ?? (ulong)address, ownsMemory: false);
     }
 
+    /// <summary>
+    /// Registers memory owned by <paramref name="owners"/> (a file mapping and its descriptor): the region keeps them
+    /// alive, so they are released only after the kernel confirmed the region deregistered.
+    /// </summary>
+    internal MemoryRegion RegisterKeepingAlive(void* address, nuint length, AccessFlags access, params ReadOnlySpan<SafeHandle?> owners)
+    {
+        if (address == null)
+            throw new ArgumentNullException(nameof(address));
+        ArgumentOutOfRangeException.ThrowIfZero(length);
+        return new MemoryRegion(this, address, length, access, (ulong)address, ownsMemory: false, owners);
+    }
+
     /// <summary>Creates a queue pair in this domain.</summary>
-    public QueuePair CreateQueuePair(QueuePairOptions options) => new(this, options);
+    /// <exception cref="InvalidOperationException">The domain is quarantined (<see cref="QuarantineReason"/>).</exception>
+    public QueuePair CreateQueuePair(QueuePairOptions options)
+    {
+        ThrowIfQuarantined();
+        var qp = new QueuePair(this, options);
+        if (QuarantineReason is not null)
+        {
+            qp.Dispose();   // quarantined while it was being created: it was not in the snapshot Quarantine moved to error
+            ThrowIfQuarantined();
+        }
+        return qp;
+    }
+
+    string? _quarantine;
+
+    /// <summary>
+    /// Why the domain is quarantined, or null. A domain is quarantined when a memory region in it that had to be
+    /// deregistered (its file lease ended) could not be: every queue pair of the domain was moved to the error state so
+    /// that no peer can reach the region through it, and no new queue pair can be created in it. Dispose the domain
+    /// and use a new one.
+    /// </summary>
+    public string? QuarantineReason => Volatile.Read(ref _quarantine);
+
+    /// <summary>
+    /// Quarantines the domain (see <see cref="QuarantineReason"/>): from now on no queue pair is created in it, and
+    /// every existing one is moved to the error state. Returns the errors of QPs that could not be moved.
+    /// </summary>
+    internal List<Exception> Quarantine(string reason)
+    {
+        Interlocked.CompareExchange(ref _quarantine, reason, null);
+        var errors = new List<Exception>();
+        foreach (var qp in ChildrenOf<QueuePair>())
+        {
+            try
+            {
+                qp.MoveToError();
+            }
+            catch (ObjectDisposedException)
+            {
+                // destroyed meanwhile: it reaches nothing
+            }
+            catch (VerbsException e)
+            {
+                errors.Add(e);
+            }
+        }
+        return errors;
+    }
+
+    void ThrowIfQuarantined()
+    {
+        if (QuarantineReason is { } why)
+            throw new InvalidOperationException($"{this} is quarantined and takes no new queue pairs: {why} Dispose it and allocate a new protection domain.");
+    }
 
     /// <summary>Creates a shared receive queue.</summary>
     /// <param name="maxWorkRequests">Receive requests it can hold.</param>

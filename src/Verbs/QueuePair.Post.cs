@@ -51,26 +51,20 @@ public sealed unsafe partial class QueuePair
         ArgumentNullException.ThrowIfNull(address);
         CheckMessage("SEND", data);
         var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
-        nint ah = address.HandleForChildren.Enter();
-        try
+        using var ahRef = address.HandleForChildren.Enter();
+        nint ah = ahRef.Pointer;
+        var wr = new ibv_send_wr
         {
-            var wr = new ibv_send_wr
-            {
-                wr_id = workRequestId,
-                sg_list = &sge,
-                num_sge = 1,
-                opcode = ibv_wr_opcode.IBV_WR_SEND,
-                send_flags = (uint)flags,
-            };
-            wr.wr.ud.ah = (ibv_ah*)ah;
-            wr.wr.ud.remote_qpn = remoteQpn;
-            wr.wr.ud.remote_qkey = remoteQkey;
-            Post(&wr, data.Region);
-        }
-        finally
-        {
-            address.HandleForChildren.Exit();
-        }
+            wr_id = workRequestId,
+            sg_list = &sge,
+            num_sge = 1,
+            opcode = ibv_wr_opcode.IBV_WR_SEND,
+            send_flags = (uint)flags,
+        };
+        wr.wr.ud.ah = (ibv_ah*)ah;
+        wr.wr.ud.remote_qpn = remoteQpn;
+        wr.wr.ud.remote_qkey = remoteQkey;
+        Post(&wr, data.Region);
     }
 
     /// <summary>Posts an RDMA WRITE of <paramref name="source"/> to <paramref name="target"/> at <paramref name="targetOffset"/>.</summary>
@@ -188,17 +182,10 @@ public sealed unsafe partial class QueuePair
         if (((target.Address + targetOffset) & 7) != 0)
             throw new ArgumentException($"ATOMIC WRITE needs an 8-byte aligned remote address (0x{target.Address + targetOffset:x})", nameof(targetOffset));
         ibv_qp_ex* qpx = RequireExtended("ATOMIC WRITE", "ibv_wr_atomic_write", s_libraryHasAtomicWrite);
-        Handle.Enter();
-        try
-        {
-            int rc = RdmaLeaseNative.WrAtomicWrite(qpx, workRequestId, (uint)flags, target.RemoteKey, target.Address + targetOffset, &value);
-            if (rc != 0)
-                throw new VerbsException("ibv_wr_atomic_write", ToString(), rc);
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var scope = Handle.Enter();
+        int rc = RdmaLeaseNative.WrAtomicWrite(qpx, workRequestId, (uint)flags, target.RemoteKey, target.Address + targetOffset, &value);
+        if (rc != 0)
+            throw new VerbsException("ibv_wr_atomic_write", ToString(), rc);
     }
 
     /// <summary>
@@ -212,17 +199,10 @@ public sealed unsafe partial class QueuePair
         if (level == FlushLevel.Range)
             target.CheckRange(targetOffset, length);
         ibv_qp_ex* qpx = RequireExtended("FLUSH", "ibv_wr_flush", s_libraryHasFlush);
-        Handle.Enter();
-        try
-        {
-            int rc = RdmaLeaseNative.WrFlush(qpx, workRequestId, (uint)flags, target.RemoteKey, target.Address + targetOffset, length, (byte)type, (byte)level);
-            if (rc != 0)
-                throw new VerbsException("ibv_wr_flush", ToString(), rc);
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var scope = Handle.Enter();
+        int rc = RdmaLeaseNative.WrFlush(qpx, workRequestId, (uint)flags, target.RemoteKey, target.Address + targetOffset, length, (byte)type, (byte)level);
+        if (rc != 0)
+            throw new VerbsException("ibv_wr_flush", ToString(), rc);
     }
 
     ibv_qp_ex* RequireExtended(string what, string entryPoint, Lazy<bool> libraryHasIt)
@@ -243,20 +223,12 @@ public sealed unsafe partial class QueuePair
         CheckMessage("receive", buffer);
         var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
         var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
-        buffer.Region.EnterForPost();
-        nint qp = Handle.Enter();
-        try
-        {
-            ibv_recv_wr* bad;
-            int rc = RdmaLeaseNative.PostRecv((ibv_qp*)qp, &wr, &bad);
-            if (rc != 0)
-                throw new VerbsException("ibv_post_recv", ToString(), rc, PostHint(rc));
-        }
-        finally
-        {
-            Handle.Exit();
-            buffer.Region.ExitForPost();
-        }
+        using var mr = buffer.Region.EnterForPost();
+        using var qp = Handle.Enter();
+        ibv_recv_wr* bad;
+        int rc = RdmaLeaseNative.PostRecv((ibv_qp*)qp.Pointer, &wr, &bad);
+        if (rc != 0)
+            throw new VerbsException("ibv_post_recv", ToString(), rc, PostHint(rc));
     }
 
     /// <summary>
@@ -297,64 +269,75 @@ public sealed unsafe partial class QueuePair
                 $"may take ({maxPieces}: the send queue holds {_maxSendRequests}, a split at most {TransferSplit.MaxPieces}). Post fewer or smaller transfers per call.");
         ibv_send_wr* wrs = stackalloc ibv_send_wr[total];
         ibv_sge* sges = stackalloc ibv_sge[total];
-        int entered = 0;
-        try
+        using var regions = RegionReferences.Enter(requests);
+        int k = 0;
+        for (int i = 0; i < requests.Length; i++)
         {
-            int k = 0;
-            for (int i = 0; i < requests.Length; i++)
+            ref readonly SendRequest r = ref requests[i];
+            int n = TransferSplit.Count(r.Local.Length, limits[i]);
+            if (n == 1)
             {
-                ref readonly SendRequest r = ref requests[i];
-                r.Local.Region.EnterForPost();
-                entered++;
-                int n = TransferSplit.Count(r.Local.Length, limits[i]);
-                if (n == 1)
-                {
-                    sges[k] = new ibv_sge { addr = r.Local.Address, length = r.Local.Length, lkey = r.Local.Region.LocalKey };
-                    wrs[k] = r.ToNative(&sges[k]);
-                }
-                else
-                {
-                    r.FillPieces(wrs + k, sges + k, n, limits[i]);
-                }
-                k += n;
-                wrs[k - 1].next = k < total ? &wrs[k] : null;
+                sges[k] = new ibv_sge { addr = r.Local.Address, length = r.Local.Length, lkey = r.Local.Region.LocalKey };
+                wrs[k] = r.ToNative(&sges[k]);
             }
-            nint qp = Handle.Enter();
+            else
+            {
+                r.FillPieces(wrs + k, sges + k, n, limits[i]);
+            }
+            k += n;
+            wrs[k - 1].next = k < total ? &wrs[k] : null;
+        }
+        using var qp = Handle.Enter();
+        ibv_send_wr* bad;
+        int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp.Pointer, wrs, &bad);
+        if (rc != 0)
+            throw new VerbsException("ibv_post_send", $"{this} (work request {bad - wrs} of {total} for {requests.Length} requests)", rc, PostHint(rc));
+    }
+
+    /// <summary>
+    /// The post references of every region a list of requests names, taken all at once (rolled back if one is
+    /// revoked or disposed) and given back together: the list form of <see cref="MemoryRegion.EnterForPost"/>.
+    /// Immutable once made, so a <c>using</c> copy gives back exactly what was taken.
+    /// </summary>
+    readonly ref struct RegionReferences
+    {
+        readonly ReadOnlySpan<SendRequest> _requests;
+
+        RegionReferences(ReadOnlySpan<SendRequest> requests) => _requests = requests;
+
+        public static RegionReferences Enter(ReadOnlySpan<SendRequest> requests)
+        {
+            int entered = 0;
             try
             {
-                ibv_send_wr* bad;
-                int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp, wrs, &bad);
-                if (rc != 0)
-                    throw new VerbsException("ibv_post_send", $"{this} (work request {bad - wrs} of {total} for {requests.Length} requests)", rc, PostHint(rc));
+                for (; entered < requests.Length; entered++)
+                    requests[entered].Local.Region.EnterForPost();   // the reference is given back by Dispose (or below)
             }
-            finally
+            catch
             {
-                Handle.Exit();
+                Release(requests[..entered]);
+                throw;
             }
+            return new RegionReferences(requests);
         }
-        finally
+
+        public void Dispose() => Release(_requests);
+
+        static void Release(ReadOnlySpan<SendRequest> requests)
         {
-            for (int i = 0; i < entered; i++)
-                requests[i].Local.Region.ExitForPost();
+            foreach (ref readonly SendRequest r in requests)
+                r.Local.Region.ExitPost();
         }
     }
 
     void Post(ibv_send_wr* wr, MemoryRegion? region)
     {
-        region?.EnterForPost();
-        nint qp = Handle.Enter();
-        try
-        {
-            ibv_send_wr* bad;
-            int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp, wr, &bad);
-            if (rc != 0)
-                throw new VerbsException("ibv_post_send", ToString(), rc, PostHint(rc));
-        }
-        finally
-        {
-            Handle.Exit();
-            region?.ExitForPost();
-        }
+        using var mr = region is null ? default : region.EnterForPost();
+        using var qp = Handle.Enter();
+        ibv_send_wr* bad;
+        int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp.Pointer, wr, &bad);
+        if (rc != 0)
+            throw new VerbsException("ibv_post_send", ToString(), rc, PostHint(rc));
     }
 
     static string? PostHint(int errno) => errno switch

@@ -127,62 +127,51 @@ public sealed unsafe partial class QueuePair : VerbsObject
         NativeHandle pdHandle = pd.HandleForChildren, send = o.SendCompletionQueue.HandleForChildren,
             recv = o.ReceiveCompletionQueue.HandleForChildren;
         NativeHandle? srq = o.SharedReceiveQueue?.HandleForChildren;
-        nint p = pdHandle.Enter();
-        nint ctx = pd.Device.HandleForChildren.Enter();
-        send.Enter();
-        recv.Enter();
-        srq?.Enter();
-        try
+        using var p = pdHandle.Enter();
+        using var ctx = pd.Device.HandleForChildren.Enter();
+        using var sendRef = send.Enter();
+        using var recvRef = recv.Enter();
+        using var srqRef = srq is null ? default : srq.Enter();
+        var attr = new ibv_qp_init_attr_ex
         {
-            var attr = new ibv_qp_init_attr_ex
-            {
-                send_cq = (ibv_cq*)send.DangerousGetHandle(),
-                recv_cq = (ibv_cq*)recv.DangerousGetHandle(),
-                srq = srq == null ? null : (ibv_srq*)srq.DangerousGetHandle(),
-                qp_type = (ibv_qp_type)o.Type,
-                sq_sig_all = o.SignalAll ? 1 : 0,
-                pd = (ibv_pd*)p,
-            };
-            attr.cap.max_send_wr = (uint)o.MaxSendRequests;
-            attr.cap.max_recv_wr = o.SharedReceiveQueue == null ? (uint)o.MaxReceiveRequests : 0;
-            attr.cap.max_send_sge = (uint)o.MaxSendScatterGather;
-            attr.cap.max_recv_sge = (uint)o.MaxReceiveScatterGather;
-            attr.cap.max_inline_data = (uint)o.MaxInlineData;
-            const uint InitAttrPd = (uint)ibv_qp_init_attr_mask.IBV_QP_INIT_ATTR_PD;
-            const uint InitAttrSendOpsFlags = (uint)ibv_qp_init_attr_mask.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
+            send_cq = (ibv_cq*)sendRef.Pointer,
+            recv_cq = (ibv_cq*)recvRef.Pointer,
+            srq = srq == null ? null : (ibv_srq*)srqRef.Pointer,
+            qp_type = (ibv_qp_type)o.Type,
+            sq_sig_all = o.SignalAll ? 1 : 0,
+            pd = (ibv_pd*)p.Pointer,
+        };
+        attr.cap.max_send_wr = (uint)o.MaxSendRequests;
+        attr.cap.max_recv_wr = o.SharedReceiveQueue == null ? (uint)o.MaxReceiveRequests : 0;
+        attr.cap.max_send_sge = (uint)o.MaxSendScatterGather;
+        attr.cap.max_recv_sge = (uint)o.MaxReceiveScatterGather;
+        attr.cap.max_inline_data = (uint)o.MaxInlineData;
+        const uint InitAttrPd = (uint)ibv_qp_init_attr_mask.IBV_QP_INIT_ATTR_PD;
+        const uint InitAttrSendOpsFlags = (uint)ibv_qp_init_attr_mask.IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
 
-            // The extended work-request API (for FLUSH and ATOMIC WRITE) where the device has it;
-            // otherwise a plain QP. UD supports only sends in the extended API.
-            qpx = null;
-            qp = null;
-            if (o.Type == QueuePairType.ReliableConnected)
-            {
-                attr.comp_mask = InitAttrPd | InitAttrSendOpsFlags;
-                attr.send_ops_flags = SendOpsForLibrary();
-                qp = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx, &attr);
-                if (qp != null)
-                    qpx = libibverbs.ibv_qp_to_qp_ex(qp);
-            }
-            if (qp == null)
-            {
-                attr.comp_mask = InitAttrPd;
-                attr.send_ops_flags = 0;
-                qp = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx, &attr);
-            }
-            if (qp == null)
-                throw new VerbsException("ibv_create_qp_ex", $"{o.Type} QP in {pd}", Marshal.GetLastPInvokeError(),
-                    $"Asked for {o.MaxSendRequests}/{o.MaxReceiveRequests} requests, {o.MaxSendScatterGather}/{o.MaxReceiveScatterGather} SGEs, {o.MaxInlineData} inline bytes; the device allows {pd.Device.Attributes.MaxQpWr} requests and {pd.Device.Attributes.MaxSge} SGEs.");
-            // The QP must be destroyed before its CQs and SRQ: they are dependencies of its handle.
-            return new NativeHandle((nint)qp, &Destroy, $"QP {qp->qp_num} on {pd.Device.Name}", pdHandle, send, recv, srq);
-        }
-        finally
+        // The extended work-request API (for FLUSH and ATOMIC WRITE) where the device has it;
+        // otherwise a plain QP. UD supports only sends in the extended API.
+        qpx = null;
+        qp = null;
+        if (o.Type == QueuePairType.ReliableConnected)
         {
-            srq?.Exit();
-            recv.Exit();
-            send.Exit();
-            pd.Device.HandleForChildren.Exit();
-            pdHandle.Exit();
+            attr.comp_mask = InitAttrPd | InitAttrSendOpsFlags;
+            attr.send_ops_flags = SendOpsForLibrary();
+            qp = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx.Pointer, &attr);
+            if (qp != null)
+                qpx = libibverbs.ibv_qp_to_qp_ex(qp);
         }
+        if (qp == null)
+        {
+            attr.comp_mask = InitAttrPd;
+            attr.send_ops_flags = 0;
+            qp = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx.Pointer, &attr);
+        }
+        if (qp == null)
+            throw new VerbsException("ibv_create_qp_ex", $"{o.Type} QP in {pd}", Marshal.GetLastPInvokeError(),
+                $"Asked for {o.MaxSendRequests}/{o.MaxReceiveRequests} requests, {o.MaxSendScatterGather}/{o.MaxReceiveScatterGather} SGEs, {o.MaxInlineData} inline bytes; the device allows {pd.Device.Attributes.MaxQpWr} requests and {pd.Device.Attributes.MaxSge} SGEs.");
+        // The QP must be destroyed before its CQs and SRQ: they are dependencies of its handle.
+        return new NativeHandle((nint)qp, &Destroy, $"QP {qp->qp_num} on {pd.Device.Name}", pdHandle, send, recv, srq);
     }
 
     static int Destroy(nint qp) => libibverbs.ibv_destroy_qp((ibv_qp*)qp);
@@ -287,17 +276,11 @@ public sealed unsafe partial class QueuePair : VerbsObject
     {
         ibv_qp_attr attr;
         ibv_qp_init_attr init;
-        nint qp = Handle.Enter();
-        try
-        {
-            int rc = libibverbs.ibv_query_qp((ibv_qp*)qp, &attr, (int)ibv_qp_attr_mask.IBV_QP_STATE, &init);
-            if (rc != 0)
-                throw new VerbsException("ibv_query_qp", ToString(), rc);
-        }
-        finally
-        {
-            Handle.Exit();
-        }
+        using var qpRef = Handle.Enter();
+        nint qp = qpRef.Pointer;
+        int rc = libibverbs.ibv_query_qp((ibv_qp*)qp, &attr, (int)ibv_qp_attr_mask.IBV_QP_STATE, &init);
+        if (rc != 0)
+            throw new VerbsException("ibv_query_qp", ToString(), rc);
         return (QueuePairState)attr.qp_state;
     }
 
@@ -312,20 +295,14 @@ public sealed unsafe partial class QueuePair : VerbsObject
 
     void Modify(ref ibv_qp_attr attr, ibv_qp_attr_mask mask, string transition)
     {
-        nint qp = Handle.Enter();
-        try
+        using var qpRef = Handle.Enter();
+        nint qp = qpRef.Pointer;
+        fixed (ibv_qp_attr* a = &attr)
         {
-            fixed (ibv_qp_attr* a = &attr)
-            {
-                int rc = libibverbs.ibv_modify_qp((ibv_qp*)qp, a, (int)mask);
-                if (rc != 0)
-                    throw new VerbsException("ibv_modify_qp", $"{this} ({transition})", rc,
-                        rc == Errno.EINVAL ? "An attribute is out of range for this device or the QP is not in the expected state." : null);
-            }
-        }
-        finally
-        {
-            Handle.Exit();
+            int rc = libibverbs.ibv_modify_qp((ibv_qp*)qp, a, (int)mask);
+            if (rc != 0)
+                throw new VerbsException("ibv_modify_qp", $"{this} ({transition})", rc,
+                    rc == Errno.EINVAL ? "An attribute is out of range for this device or the QP is not in the expected state." : null);
         }
     }
 

@@ -24,21 +24,15 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxWr);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSge);
         NativeHandle parent = pd.HandleForChildren;
-        nint p = parent.Enter();
-        try
-        {
-            var attr = new ibv_srq_init_attr();
-            attr.attr.max_wr = (uint)maxWr;
-            attr.attr.max_sge = (uint)maxSge;
-            ibv_srq* srq = libibverbs.ibv_create_srq((ibv_pd*)p, &attr);
-            if (srq == null)
-                throw new VerbsException("ibv_create_srq", $"SRQ of {maxWr} requests in {pd}", Marshal.GetLastPInvokeError());
-            return new NativeHandle((nint)srq, &Destroy, "SRQ on " + pd.Device.Name, parent);
-        }
-        finally
-        {
-            parent.Exit();
-        }
+        using var pRef = parent.Enter();
+        nint p = pRef.Pointer;
+        var attr = new ibv_srq_init_attr();
+        attr.attr.max_wr = (uint)maxWr;
+        attr.attr.max_sge = (uint)maxSge;
+        ibv_srq* srq = libibverbs.ibv_create_srq((ibv_pd*)p, &attr);
+        if (srq == null)
+            throw new VerbsException("ibv_create_srq", $"SRQ of {maxWr} requests in {pd}", Marshal.GetLastPInvokeError());
+        return new NativeHandle((nint)srq, &Destroy, "SRQ on " + pd.Device.Name, parent);
     }
 
     static int Destroy(nint srq) => libibverbs.ibv_destroy_srq((ibv_srq*)srq);
@@ -60,20 +54,12 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
         }
         var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
         var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
-        buffer.Region.EnterForPost();
-        nint srq = Handle.Enter();
-        try
-        {
-            ibv_recv_wr* bad;
-            int rc = RdmaLeaseNative.PostSrqRecv((ibv_srq*)srq, &wr, &bad);
-            if (rc != 0)
-                throw new VerbsException("ibv_post_srq_recv", ToString(), rc);
-        }
-        finally
-        {
-            Handle.Exit();
-            buffer.Region.ExitForPost();
-        }
+        using var mr = buffer.Region.EnterForPost();
+        using var srq = Handle.Enter();
+        ibv_recv_wr* bad;
+        int rc = RdmaLeaseNative.PostSrqRecv((ibv_srq*)srq.Pointer, &wr, &bad);
+        if (rc != 0)
+            throw new VerbsException("ibv_post_srq_recv", ToString(), rc);
     }
 
     /// <inheritdoc/>

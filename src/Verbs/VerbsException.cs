@@ -39,7 +39,7 @@ public class VerbsException : Exception
     {
         string text = $"{operation} on {target} failed";
         if (errno != 0)
-            text += $": errno {errno} ({RdmaLease.Verbs.Errno.Name(errno)}: {Marshal.GetPInvokeErrorMessage(errno)})";
+            text += ": " + RdmaLease.Verbs.Errno.Describe(errno);
         return hint is null ? text + "." : $"{text}. {hint}";
     }
 }
@@ -59,4 +59,7 @@ internal static class Errno
         EOPNOTSUPP => "EOPNOTSUPP", ETIMEDOUT => "ETIMEDOUT",
         _ => "errno " + errno.ToString(System.Globalization.CultureInfo.InvariantCulture),
     };
+
+    /// <summary>"errno 16 (EBUSY: Device or resource busy)", for messages.</summary>
+    internal static string Describe(int errno) => $"errno {errno} ({Name(errno)}: {Marshal.GetPInvokeErrorMessage(errno)})";
 }

@@ -13,6 +13,12 @@ internal static partial class Interop
         /// <summary>RL_POLL_MSG: the si_code of a kernel lease-break signal.</summary>
         internal const int PollMsg = 3;
 
+        /// <summary>RL_RECORD_RESCAN: a record naming no lease (SIGIO: the real-time queue overflowed); re-check every lease.</summary>
+        internal const int RescanCode = 0x10000;
+
+        /// <summary>RL_RESTORED_LEASE_SIGNAL / RL_RESTORED_SIGIO: what <see cref="Verify"/> put back.</summary>
+        internal const int RestoredLeaseSignal = 1, RestoredSigio = 2;
+
         /// <summary>RdmaLeaseSignalRecord: one signal as the handler saw it.</summary>
         [StructLayout(LayoutKind.Sequential)]
         internal struct Record
@@ -23,7 +29,11 @@ internal static partial class Interop
         }
 
         [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalInstall", SetLastError = true)]
-        internal static unsafe partial int Install(int signo, int flags, int* chainedPrevious);
+        internal static unsafe partial int Install(int signo, int flags, long owner, int* chainedPrevious);
+
+        /// <summary>Puts our handlers back where another component replaced them; a mask of what was restored, or -1.</summary>
+        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalVerify", SetLastError = true)]
+        internal static partial int Verify();
 
         [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalGetSignal")]
         internal static partial int GetSignal();
@@ -32,7 +42,7 @@ internal static partial class Interop
         internal static partial int GetPipe();
 
         [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalRead", SetLastError = true)]
-        internal static unsafe partial int Read(Record* records, int capacity);
+        internal static unsafe partial int Read(Record* records, int capacity, int timeoutMs);
 
         [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalTakeDropped")]
         internal static partial int TakeDropped();

@@ -9,7 +9,7 @@ internal static partial class Interop
     }
 
     /// <summary>The ABI version this assembly was written against (RDMALEASE_NATIVE_ABI_VERSION).</summary>
-    internal const int ExpectedNativeAbiVersion = 1;
+    internal const int ExpectedNativeAbiVersion = 2;
 
     [System.Runtime.InteropServices.LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_GetAbiVersion")]
     internal static partial int GetNativeAbiVersion();

@@ -214,15 +214,15 @@ public class FileLeaseHostTests
         using var lease = file.AcquireLease();
         bool broken = false;
         lease.BreakRequested += (_, _) => broken = true;
-        long before = LeaseSignals.SpuriousSignals;
+        long before = LeaseDiagnostics.SpuriousSignals;
         // sigqueue's value lands where si_fd is read: the handler sees our descriptor, the kernel has no break pending.
         SigQueueSelf(LeaseSignals.SignalNumber, lease.FileDescriptor);
         var sw = Stopwatch.StartNew();
-        while (LeaseSignals.SpuriousSignals == before && sw.Elapsed < TimeSpan.FromSeconds(20))
+        while (LeaseDiagnostics.SpuriousSignals == before && sw.Elapsed < TimeSpan.FromSeconds(20))
             Thread.Sleep(10);
         Assert.Multiple(() =>
         {
-            Assert.That(LeaseSignals.SpuriousSignals, Is.GreaterThan(before));
+            Assert.That(LeaseDiagnostics.SpuriousSignals, Is.GreaterThan(before));
             Assert.That(lease.IsActive, Is.True);
             Assert.That(broken, Is.False);
             Assert.That(file.IsMapped, Is.True);

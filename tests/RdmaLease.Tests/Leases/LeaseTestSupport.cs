@@ -137,3 +137,27 @@ internal sealed class TempDir : IDisposable
         }
     }
 }
+
+/// <summary>A lease dependent that runs a callback when the lease ends, to observe the teardown's order and timing.</summary>
+internal static class TeardownHooks
+{
+    /// <summary>
+    /// Runs <paramref name="callback"/> in the deregistration step of the lease's teardown (after every region was
+    /// revoked, before F_UNLCK), last added first, on the thread that ends the lease. Dispose to remove it.
+    /// </summary>
+    public static IDisposable RegisterTeardown(this FileLease lease, Action<FileLease> callback) =>
+        lease.AddDependent(new CallbackDependent(lease, callback));
+
+    private sealed class CallbackDependent(FileLease lease, Action<FileLease> callback) : ILeaseDependent
+    {
+        public void Revoke(LeaseRevokedException reason, List<Exception> errors)
+        {
+        }
+
+        public bool Deregister(long waitUntil, List<Exception> errors)
+        {
+            callback(lease);
+            return true;
+        }
+    }
+}
