@@ -35,6 +35,9 @@ public sealed unsafe class DaxFile : IDisposable
     private const ulong STATX_ATTR_DAX = 0x200000;
 
     private readonly Lock _gate = new();
+    // Held for a whole lease acquisition, and by Dispose before it looks at the lease: a Dispose never closes the
+    // descriptor under F_SETSIG/F_SETLEASE (which would then act on a closed, or reused, descriptor).
+    private readonly Lock _acquisition = new();
     // The descriptor and the mapping are SafeHandles so that a memory region over the mapping can keep both alive
     // (a region's handle depends on them): neither is closed or unmapped while a region might still exist, in
     // whatever order Dispose, a lease break or the finalizers run.
@@ -302,12 +305,15 @@ public sealed unsafe class DaxFile : IDisposable
     public void Dispose()
     {
         FileLease? lease;
-        lock (_gate)
+        lock (_acquisition)
         {
-            if (_disposed)
-                return;
-            _disposed = true;   // from now on no lease can be attached
-            lease = _lease;
+            lock (_gate)
+            {
+                if (_disposed)
+                    return;
+                _disposed = true;   // from now on no lease can be attached
+                lease = _lease;
+            }
         }
         lease?.Release();
         lock (_gate)
@@ -321,6 +327,9 @@ public sealed unsafe class DaxFile : IDisposable
     }
 
     internal Lock Gate => _gate;
+
+    /// <summary>Held for a whole lease acquisition; Dispose waits for it.</summary>
+    internal Lock AcquisitionGate => _acquisition;
 
     /// <summary>The handles a region over the mapping must keep alive: the mapping and the descriptor.</summary>
     internal (SafeHandle Mapping, SafeHandle Descriptor) MemoryOwners => (_mapping, _fd);

@@ -175,6 +175,12 @@ public sealed class FileLease : IDisposable
         ArgumentNullException.ThrowIfNull(file);
         options ??= new LeaseOptions();
         int signal = LeaseSignals.EnsureStarted();
+        lock (file.AcquisitionGate)
+            return Acquire(file, options, signal);
+    }
+
+    private static FileLease Acquire(DaxFile file, LeaseOptions options, int signal)
+    {
         var type = file.Access == DaxFileAccess.Read ? LeaseType.Read : LeaseType.Write;
         int lockType = type == LeaseType.Read ? LibC.F_RDLCK : LibC.F_WRLCK;
 

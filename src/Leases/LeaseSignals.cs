@@ -40,6 +40,7 @@ public static class LeaseSignals
     private static bool s_installed;
     private static bool s_chained;
     private static Thread? s_watcher;
+    private static int s_injectWatcherFault;
 
     /// <summary>The default offset from SIGRTMIN: SIGRTMIN+5.</summary>
     public const int DefaultSignalOffset = 5;
@@ -205,6 +206,9 @@ public static class LeaseSignals
         }
     }
 
+    /// <summary>Test hook: the watcher's next loop throws, as an unexpected failure would.</summary>
+    internal static void InjectWatcherFault() => Volatile.Write(ref s_injectWatcherFault, 1);
+
     private static unsafe void WatchOnce()
     {
         const int Capacity = 64;
@@ -212,6 +216,8 @@ public static class LeaseSignals
         long nextCheck = 0;
         while (true)
         {
+            if (Interlocked.Exchange(ref s_injectWatcherFault, 0) != 0)
+                throw new InvalidOperationException("injected watcher fault (test hook)");
             int n;
             fixed (Interop.LeaseSignals.Record* p = records)
                 n = Interop.LeaseSignals.Read(p, Capacity, (int)RescanInterval.TotalMilliseconds);

@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using System.Globalization;
+using RdmaLease.Leases;
+
+namespace RdmaLease.Tests;
+
+/// <summary>
+/// The system's own view of what this process holds, to prove claims against it rather than against our objects'
+/// flags: the kernel's RDMA resource tracking (`rdma resource show`), /proc/locks, /proc/self/maps, /proc/self/fd.
+/// </summary>
+internal static class KernelView
+{
+    static readonly string OwnPid = $" pid {Environment.ProcessId} ";
+
+    /// <summary>`rdma resource show KIND` lines that belong to this process (KIND: qp, cq, mr, pd).</summary>
+    public static List<string> RdmaResources(string kind)
+    {
+        var psi = new ProcessStartInfo("rdma", $"resource show {kind}") { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("cannot run rdma");
+        string output = p.StandardOutput.ReadToEnd();
+        string error = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0)
+            throw new InvalidOperationException($"rdma resource show {kind} exited {p.ExitCode}: {error}");
+        return [.. output.Split('\n').Where(l => (l + " ").Contains(OwnPid, StringComparison.Ordinal)).Select(l => l.Trim())];
+    }
+
+    /// <summary>The rkeys of this process's memory regions as the kernel lists them.</summary>
+    public static HashSet<uint> RegisteredRemoteKeys()
+    {
+        var keys = new HashSet<uint>();
+        foreach (string line in RdmaResources("mr"))
+        {
+            string[] t = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            int i = Array.IndexOf(t, "rkey");
+            if (i < 0 || i + 1 >= t.Length)
+                throw new FormatException($"no rkey in '{line}' (rdma resource show mr)");
+            keys.Add(uint.Parse(t[i + 1].Replace("0x", "", StringComparison.Ordinal), NumberStyles.HexNumber, CultureInfo.InvariantCulture));
+        }
+        return keys;
+    }
+
+    /// <summary>/proc/locks lease and delegation entries on <paramref name="file"/>'s inode (not flock/POSIX locks).</summary>
+    public static List<string> LocksOn(DaxFile file) =>
+        [.. File.ReadLines("/proc/locks").Where(l => IsLease(l) && LeaseHolders.ParseLocksLine(l, file.DeviceMajor, file.DeviceMinor, file.Inode) is not null)];
+
+    static bool IsLease(string line)
+    {
+        string[] t = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        return t.Length > 1 && (t[1] is "LEASE" or "DELEG" || (t[1] == "->" && t.Length > 2 && t[2] is "LEASE" or "DELEG"));
+    }
+
+    /// <summary>/proc/locks lease and delegation entries held by this process (any file).</summary>
+    public static List<string> OwnLeases()
+    {
+        string pid = Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
+        return [.. File.ReadLines("/proc/locks").Where(l =>
+        {
+            string[] t = l.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            return IsLease(l) && t.Length > 5 && t[4] == pid;
+        })];
+    }
+
+    /// <summary>The /proc/self/maps line whose range contains <paramref name="address"/>, or null.</summary>
+    public static string? MappingAt(nint address)
+    {
+        ulong a = (ulong)address;
+        foreach (string line in File.ReadLines("/proc/self/maps"))
+        {
+            int dash = line.IndexOf('-', StringComparison.Ordinal), space = line.IndexOf(' ', StringComparison.Ordinal);
+            ulong start = ulong.Parse(line.AsSpan(0, dash), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+            ulong end = ulong.Parse(line.AsSpan(dash + 1, space - dash - 1), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+            if (a >= start && a < end)
+                return line;
+        }
+        return null;
+    }
+
+    /// <summary>The permissions ("rw-s", "---p") of the mapping at <paramref name="address"/>, or null when nothing is mapped there.</summary>
+    public static string? PermissionsAt(nint address) => MappingAt(address)?.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1];
+
+    /// <summary>/proc/self/maps lines that map <paramref name="path"/>.</summary>
+    public static List<string> MappingsOf(string path) =>
+        [.. File.ReadLines("/proc/self/maps").Where(l => l.EndsWith(" " + path, StringComparison.Ordinal) || l.EndsWith(" " + path + " (deleted)", StringComparison.Ordinal))];
+
+    /// <summary>This process's descriptors (/proc/self/fd) that refer to <paramref name="path"/>.</summary>
+    public static List<int> DescriptorsOf(string path)
+    {
+        var fds = new List<int>();
+        foreach (string entry in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+        {
+            string? target;
+            try
+            {
+                target = new FileInfo(entry).LinkTarget;
+            }
+            catch (IOException)
+            {
+                continue;   // closed meanwhile
+            }
+            if (target == path || target == path + " (deleted)")
+                fds.Add(int.Parse(Path.GetFileName(entry), CultureInfo.InvariantCulture));
+        }
+        return fds;
+    }
+}
