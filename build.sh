@@ -118,7 +118,10 @@ test_all() {
     [ "$hs" -eq 0 ] || why+=("$hs host tests were skipped")
     [ "$host_rc" -eq 0 ] || why+=("the host test run exited $host_rc")
     [ "$guest_rc" -eq 0 ] || why+=("the guest run exited $guest_rc")
-    [ ! -s "$results/guest/leaked-resources.txt" ] || why+=("verbs resources leaked: $(tr '\n' ';' < "$results/guest/leaked-resources.txt")")
+    local side
+    for side in host guest; do
+        [ ! -s "$results/$side/leaked-resources.txt" ] || why+=("the $side tests left resources behind: $(tr '\n' ';' < "$results/$side/leaked-resources.txt")")
+    done
     echo "$((hp + gp)) passed, $failed failed, $((hs + gs)) skipped"
     if [ ${#why[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${why[@]}" >&2; return 1; fi
 }

@@ -9,6 +9,9 @@
 //     punch OFFSET LENGTH      open O_RDWR, fallocate(PUNCH_HOLE|KEEP_SIZE)
 //     collapse OFFSET LENGTH   open O_RDWR, fallocate(COLLAPSE_RANGE)
 //     clone SOURCE             open PATH O_RDWR, ioctl(FICLONE, SOURCE): reflink SOURCE onto PATH
+//     open-each-nonblock PATH...  open(2) O_RDONLY|O_NONBLOCK every PATH as fast as possible: each starts a break of
+//                              the lease on it (EAGAIN at once). "ok" when every open gave EAGAIN (every file was
+//                              leased), else "err" with the first other outcome's errno (0: an open succeeded)
 //
 // Output, one line: "ok|err ERRNO start_ns=S end_ns=E elapsed_ns=D". Exit 0 on success,
 // 1 when the operation failed, 2 on a usage error.
@@ -44,7 +47,7 @@ static long long now_ns(void)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: rdmalease-lease-probe truncate|open-rdonly[-nonblock]|open-rdwr[-nonblock]|unlink|chmod|rename|link|punch|collapse|clone|hold PATH [ARG...]\n");
+    fprintf(stderr, "usage: rdmalease-lease-probe truncate|open-rdonly[-nonblock]|open-rdwr[-nonblock]|open-each-nonblock|unlink|chmod|rename|link|punch|collapse|clone|hold PATH [ARG...]\n");
     return 2;
 }
 
@@ -160,6 +163,22 @@ int main(int argc, char** argv)
         r = open_close(path, O_RDONLY | O_NONBLOCK);
     else if (strcmp(op, "open-rdwr-nonblock") == 0)
         r = open_close(path, O_RDWR | O_NONBLOCK);
+    else if (strcmp(op, "open-each-nonblock") == 0) {
+        r = 0;
+        int first = -1;
+        for (int i = 2; i < argc; i++) {
+            int fd = open(argv[i], O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+            int e = fd < 0 ? errno : 0;
+            if (fd >= 0)
+                close(fd);
+            if (e != EAGAIN && first < 0)
+                first = e;
+        }
+        if (first >= 0) {
+            r = -1;
+            errno = first;
+        }
+    }
     else if (strcmp(op, "unlink") == 0)
         r = unlink(path);
     else if (strcmp(op, "chmod") == 0 && arg)

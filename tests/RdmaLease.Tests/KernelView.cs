@@ -10,9 +10,12 @@ namespace RdmaLease.Tests;
 /// </summary>
 internal static class KernelView
 {
-    static readonly string OwnPid = $" pid {Environment.ProcessId} ";
-
-    /// <summary>`rdma resource show KIND` lines that belong to this process (KIND: qp, cq, mr, pd).</summary>
+    /// <summary>
+    /// `rdma resource show KIND` lines of user-space objects (KIND: qp, cq, mr, pd): those with a "pid". The kernel
+    /// records the id of the THREAD that created the object, not the process id (a test's objects show the pid of an
+    /// NUnit worker thread), so the lines cannot be attributed by Environment.ProcessId; in the guest, where no other
+    /// program holds verbs objects once the probes have exited, every user-space object is ours.
+    /// </summary>
     public static List<string> RdmaResources(string kind)
     {
         var psi = new ProcessStartInfo("rdma", $"resource show {kind}") { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -22,10 +25,10 @@ internal static class KernelView
         p.WaitForExit();
         if (p.ExitCode != 0)
             throw new InvalidOperationException($"rdma resource show {kind} exited {p.ExitCode}: {error}");
-        return [.. output.Split('\n').Where(l => (l + " ").Contains(OwnPid, StringComparison.Ordinal)).Select(l => l.Trim())];
+        return [.. output.Split('\n').Where(l => l.Contains(" pid ", StringComparison.Ordinal)).Select(l => l.Trim())];
     }
 
-    /// <summary>The rkeys of this process's memory regions as the kernel lists them.</summary>
+    /// <summary>The rkeys of the user-space memory regions the kernel lists.</summary>
     public static HashSet<uint> RegisteredRemoteKeys()
     {
         var keys = new HashSet<uint>();

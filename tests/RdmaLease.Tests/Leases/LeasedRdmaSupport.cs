@@ -24,6 +24,20 @@ internal static class LeasedRdma
 
     public const AccessFlags RemoteWritable = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
 
+    /// <summary>False for the guest's tmpfs (non-DAX, opened with AllowNonDax).</summary>
+    public static bool IsDax(string mount) => mount != "/mnt/tmpfs";
+
+    public static DaxFile OpenFile(string path, string mount, long size) =>
+        DaxFile.Open(path, new DaxFileOptions { Size = size, AllowNonDax = !IsDax(mount) });
+
+    /// <summary>Completes with the break's event arguments once the lease was broken and given back.</summary>
+    public static TaskCompletionSource<LeaseBreakEventArgs> OnBreak(FileLease lease)
+    {
+        var broke = new TaskCompletionSource<LeaseBreakEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lease.BreakRequested += (_, e) => broke.TrySetResult(e);
+        return broke;
+    }
+
     /// <summary>rxelo, both QPs in one process, path MTU 4096 (one packet per 4 KiB write: correct with ODP).</summary>
     public static RcPair Pair() => RcPair.Loopback(Mtu.Mtu4096);
 

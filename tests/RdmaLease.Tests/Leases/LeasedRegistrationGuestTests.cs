@@ -21,19 +21,7 @@ public unsafe class LeasedRegistrationGuestTests
     private static readonly string[] DaxMounts = ["/mnt/xfs", "/mnt/ext4"];
     private static readonly TimeSpan Generous = TimeSpan.FromSeconds(60);
 
-    private static bool IsDax(string mount) => mount != "/mnt/tmpfs";
-
     private static string Fs(string mount) => Path.GetFileName(mount);
-
-    private static DaxFile OpenFile(string path, string mount, long size) =>
-        DaxFile.Open(path, new DaxFileOptions { Size = size, AllowNonDax = !IsDax(mount) });
-
-    private static TaskCompletionSource<LeaseBreakEventArgs> OnBreak(FileLease lease)
-    {
-        var broke = new TaskCompletionSource<LeaseBreakEventArgs>(TaskCreationOptions.RunContinuationsAsynchronously);
-        lease.BreakRequested += (_, e) => broke.TrySetResult(e);
-        return broke;
-    }
 
     private static void Report(string name, string text)
     {
