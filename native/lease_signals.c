@@ -10,7 +10,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +44,8 @@ static_assert(offsetof(struct rl_delegation, d_type) == 4, "struct delegation d_
 // Records must be written atomically to the pipe, and the reader relies on their size.
 static_assert(sizeof(RdmaLeaseSignalRecord) == 16, "record size");
 static_assert(sizeof(RdmaLeaseSignalRecord) <= PIPE_BUF, "record fits one atomic pipe write");
+// The signal handler uses atomics: they must be lock-free to be async-signal-safe.
+static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LONG_LOCK_FREE == 2, "lock-free atomics");
 
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile sig_atomic_t s_signo;         // 0 until installed
@@ -74,6 +79,110 @@ static void write_record(int32_t fd, int32_t code)
         __atomic_add_fetch(&s_dropped, 1, __ATOMIC_RELAXED);   // pipe full (O_NONBLOCK): reader rescans
 }
 
+// ---- the mapping guard: the file's pages cut off in the signal handler itself ----------------------------------
+// A slot per leased mapping. The handler, for the descriptor a break signal names, asks the kernel (fcntl, which is
+// async-signal-safe) whether a break is pending and if so replaces the mapping with a PROT_NONE placeholder at once:
+// from then on no ODP access through any region over it reaches the file, however long managed code takes (JIT, GC,
+// a stuck thread) to deregister and give the lease back. The state machine keeps the handler from ever touching a
+// range after it was disarmed: disarm waits for a handler that is mid-revocation, then frees the slot.
+enum { GUARD_FREE = 0, GUARD_SETUP = 1, GUARD_ARMED = 2, GUARD_REVOKING = 3, GUARD_REVOKED = 4 };
+struct guard_slot {
+    _Atomic int state;
+    int fd;
+    int held;                 // RL_F_RDLCK / RL_F_WRLCK
+    int delegation;
+    void* address;
+    size_t length;
+};
+static struct guard_slot s_guards[RL_GUARD_SLOTS];
+static _Atomic int s_guard_high;                  // slots in use so far: the handler scans [0, high)
+static _Atomic long s_guard_revocations;
+
+static int pending_type(int fd, int delegation)
+{
+    if (delegation) {
+        struct rl_delegation deleg = { .d_flags = 0, .d_type = RL_F_UNLCK, .pad = 0 };
+        return fcntl(fd, RL_F_GETDELEG, &deleg) < 0 ? -1 : deleg.d_type;
+    }
+    return fcntl(fd, RL_F_GETLEASE);
+}
+
+static void guard_on_signal(int fd)
+{
+    int high = atomic_load_explicit(&s_guard_high, memory_order_acquire);
+    for (int i = 0; i < high; i++) {
+        struct guard_slot* g = &s_guards[i];
+        if (atomic_load_explicit(&g->state, memory_order_acquire) != GUARD_ARMED || g->fd != fd)
+            continue;
+        int pending = pending_type(fd, g->delegation);
+        if (pending < 0 || pending == g->held)
+            continue;                              // intact (a spurious signal) or not ours to judge
+        int expected = GUARD_ARMED;
+        if (!atomic_compare_exchange_strong(&g->state, &expected, GUARD_REVOKING))
+            continue;                              // disarmed meanwhile
+        if (mmap(g->address, g->length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+            mprotect(g->address, g->length, PROT_NONE);
+        atomic_fetch_add(&s_guard_revocations, 1);
+        atomic_store_explicit(&g->state, GUARD_REVOKED, memory_order_release);
+    }
+}
+
+int32_t RdmaLeaseNative_LeaseGuardArm(int32_t fd, void* address, uint64_t length, int32_t heldType, int32_t delegation)
+{
+    if (fd < 0 || address == NULL || length == 0 || (heldType != RL_F_RDLCK && heldType != RL_F_WRLCK)) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (int i = 0; i < RL_GUARD_SLOTS; i++) {
+        struct guard_slot* g = &s_guards[i];
+        int expected = GUARD_FREE;
+        if (!atomic_compare_exchange_strong(&g->state, &expected, GUARD_SETUP))
+            continue;
+        g->fd = fd;
+        g->held = heldType;
+        g->delegation = delegation != 0;
+        g->address = address;
+        g->length = (size_t)length;
+        int high = atomic_load(&s_guard_high);
+        while (high < i + 1 && !atomic_compare_exchange_weak(&s_guard_high, &high, i + 1)) {
+        }
+        atomic_store_explicit(&g->state, GUARD_ARMED, memory_order_release);
+        return i;
+    }
+    errno = ENOSPC;
+    return -1;
+}
+
+int32_t RdmaLeaseNative_LeaseGuardDisarm(int32_t fd, const void* address)
+{
+    int revoked = 0;
+    int high = atomic_load_explicit(&s_guard_high, memory_order_acquire);
+    for (int i = 0; i < high; i++) {
+        struct guard_slot* g = &s_guards[i];
+        for (;;) {
+            int state = atomic_load_explicit(&g->state, memory_order_acquire);
+            if (state != GUARD_ARMED && state != GUARD_REVOKING && state != GUARD_REVOKED)
+                break;
+            if (!((fd >= 0 && g->fd == fd) || (address != NULL && g->address == address)))
+                break;
+            if (state == GUARD_REVOKING) {
+                sched_yield();                     // a handler is replacing the mapping: it finishes in microseconds
+                continue;
+            }
+            if (atomic_compare_exchange_strong(&g->state, &state, GUARD_FREE)) {
+                revoked |= state == GUARD_REVOKED;
+                break;
+            }
+        }
+    }
+    return revoked;
+}
+
+int64_t RdmaLeaseNative_LeaseGuardRevocations(void)
+{
+    return atomic_load(&s_guard_revocations);
+}
+
 static void call_previous(struct handled_signal* slot, int signo, siginfo_t* info, void* context)
 {
     if (!slot->chain)
@@ -92,6 +201,8 @@ static void lease_signal_handler(int signo, siginfo_t* info, void* context)
         write_record(-1, RL_RECORD_RESCAN);
         call_previous(&s_sigio_slot, signo, info, context);
     } else {
+        if (info != NULL && info->si_code == RL_POLL_MSG)
+            guard_on_signal(info->si_fd);          // first: the file's pages out of every region's reach
         write_record(info != NULL ? info->si_fd : -1, info != NULL ? info->si_code : 0);
         call_previous(&s_lease_slot, signo, info, context);
     }

@@ -59,6 +59,28 @@ RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flag
  */
 RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalVerify(void);
 
+// Mapping guards (RdmaLeaseNative_LeaseGuardArm): at most this many leased mappings at once are guarded.
+#define RL_GUARD_SLOTS 4096
+
+/**
+ * Arms the mapping guard for a leased file: when a lease-break signal (si_code POLL_MSG) names `fd` and
+ * F_GETLEASE/F_GETDELEG (`delegation`) no longer reports `heldType`, the signal handler itself replaces
+ * [address, address + length) with an anonymous PROT_NONE placeholder (MAP_FIXED; mprotect PROT_NONE if that
+ * fails), before anything else runs. Returns the slot number, or -1 with errno set (EINVAL; ENOSPC: all
+ * RL_GUARD_SLOTS in use). The caller must disarm before it unmaps the range or closes the descriptor.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseGuardArm(int32_t fd, void* address, uint64_t length, int32_t heldType, int32_t delegation);
+
+/**
+ * Disarms every guard on `fd` (if >= 0) or on `address` (if not NULL), waiting for a handler that is replacing
+ * the mapping at that moment. Returns 1 if a handler had replaced the mapping of a disarmed guard, else 0.
+ * Afterwards no handler touches those ranges. Never sets errno.
+ */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseGuardDisarm(int32_t fd, const void* address);
+
+/** How many mappings the signal handler has replaced so far. Never sets errno. */
+RL_EXPORT int64_t RdmaLeaseNative_LeaseGuardRevocations(void);
+
 /** The installed signal number, or 0 before RdmaLeaseNative_LeaseSignalInstall. Never sets errno. */
 RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalGetSignal(void);
 

@@ -52,14 +52,21 @@ Console.WriteLine($"  file bytes match what the peer wrote: {file.GetSpan(0, Chu
 // Another process truncates the file: the kernel breaks the lease and blocks the truncate
 // until we give the lease back (or the deadline passes).
 using var broken = new ManualResetEventSlim();
-lease.BreakRequested += (_, _) => broken.Set();
+LeaseBreakEventArgs? breakArgs = null;
+lease.BreakRequested += (_, e) =>
+{
+    breakArgs = e;
+    broken.Set();
+};
 Console.WriteLine("  another process: truncate(2) the file to 0 ...");
 var truncate = Process.Start(new ProcessStartInfo(probe, $"truncate {path} 0") { RedirectStandardOutput = true })!;
 string report = truncate.StandardOutput.ReadToEnd();
 truncate.WaitForExit();
 broken.Wait(TimeSpan.FromSeconds(10));
 double truncateMs = double.Parse(report.Split("elapsed_ns=")[1], System.Globalization.CultureInfo.InvariantCulture) / 1e6;
-Console.WriteLine($"  lease broken: registration revoked and deregistered, lease released {lease.BreakToRelease?.TotalMilliseconds:F2} ms after the signal");
+Console.WriteLine($"  lease broken: registration revoked and deregistered, lease released {lease.BreakToRelease?.TotalMilliseconds:F2} ms after the signal (the first break in this process)");
+if (breakArgs is { } b)
+    Console.WriteLine($"    signal -> watcher {Stopwatch.GetElapsedTime(b.SignalTimestamp, b.ObservedTimestamp).TotalMilliseconds:F2} ms, watcher -> released {Stopwatch.GetElapsedTime(b.ObservedTimestamp, b.ReleasedTimestamp).TotalMilliseconds:F2} ms; the break path was compiled ahead in {LeaseDiagnostics.WarmupTime.TotalMilliseconds:F0} ms when the first lease was taken");
 Console.WriteLine($"  the truncate returned ({report.Split(' ')[0]}) after {truncateMs:F2} ms, far below the {FileLease.LeaseBreakTime.TotalSeconds:F0} s deadline");
 
 // Our own posts that name the file's region are refused at once...

@@ -48,6 +48,7 @@ public sealed unsafe class DaxFile : IDisposable
     private readonly List<MemoryRegion> _regions = [];   // registered over the mapping, until confirmed deregistered
     private bool _revoked;
     private bool _disposed;
+    private bool _guarded;                               // the native mapping guard is armed for the current lease
     private FileLease? _lease;                           // from Attach until the lease is fully given back
 
     private DaxFile(string path, DaxFileAccess access, int fd, byte* address, long length, bool isDax, bool isMapSync,
@@ -394,6 +395,40 @@ public sealed unsafe class DaxFile : IDisposable
         return _regions.Count > 0;
     }
 
+    /// <summary>
+    /// Arms the native mapping guard for a lease just granted: a break signal for it makes the signal handler replace
+    /// the mapping with the placeholder before any managed code runs (see native/lease_signals.c).
+    /// </summary>
+    internal void ArmGuard(LeaseType type, bool delegation)
+    {
+        lock (_gate)
+        {
+            if (_guarded || _revoked || _mapping.IsClosed)
+                return;
+            int slot = Interop.LeaseGuard.Arm((int)_fd.DangerousGetHandle(), _address, (ulong)Length,
+                type == LeaseType.Read ? LibC.F_RDLCK : LibC.F_WRLCK, delegation ? 1 : 0);
+            if (slot < 0)
+            {
+                Trace.TraceWarning($"rdma-lease: no native mapping guard for '{Path}' ({Verbs.Errno.Describe(Marshal.GetLastPInvokeError())}); a break is handled by the managed teardown alone");
+                return;
+            }
+            _guarded = true;
+        }
+    }
+
+    /// <summary>Disarms the guard before the lease is given back; notes a revocation the signal handler made.</summary>
+    internal void DisarmGuard()
+    {
+        lock (_gate)
+        {
+            if (!_guarded)
+                return;
+            _guarded = false;
+            if (Interop.LeaseGuard.Disarm((int)_fd.DangerousGetHandle(), _address) != 0)
+                _revoked = true;
+        }
+    }
+
     /// <summary>F_UNLCK on the descriptor, unless it has been closed already (closing released the lease).</summary>
     internal void ReleaseKernelLease(bool delegation)
     {
@@ -511,7 +546,11 @@ public sealed unsafe class DaxFile : IDisposable
 
         public override bool IsInvalid => handle < 0;
 
-        protected override bool ReleaseHandle() => close((int)handle) == 0;
+        protected override bool ReleaseHandle()
+        {
+            _ = Interop.LeaseGuard.Disarm((int)handle, null);   // no handler may act on this number once it can be reused
+            return close((int)handle) == 0;
+        }
     }
 
     /// <summary>The mapping's address range: unmapped when released (after every region that depends on it).</summary>
@@ -528,6 +567,10 @@ public sealed unsafe class DaxFile : IDisposable
 
         public override bool IsInvalid => handle == 0;
 
-        protected override bool ReleaseHandle() => munmap((void*)handle, SizeT(_length)) == 0;
+        protected override bool ReleaseHandle()
+        {
+            _ = Interop.LeaseGuard.Disarm(-1, (void*)handle);   // no handler may map over the range once it can be reused
+            return munmap((void*)handle, SizeT(_length)) == 0;
+        }
     }
 }

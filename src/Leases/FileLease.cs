@@ -59,6 +59,9 @@ public sealed class FileLease : IDisposable
         BreakTime = LeaseBreakTime;
     }
 
+    /// <summary>Test hook: every break's managed teardown starts this much later (as after a long pause or a stuck thread).</summary>
+    internal static TimeSpan InjectedBreakDelay { get; set; }
+
     /// <summary>/proc/sys/fs/lease-break-time when the lease was taken: the kernel's deadline for giving it back.</summary>
     internal TimeSpan BreakTime { get; }
 
@@ -267,6 +270,7 @@ public sealed class FileLease : IDisposable
     /// <summary>Pending → Active, then asks the kernel whether a break began meanwhile (its signal was ignored then).</summary>
     private FileLease Activated()
     {
+        File.ArmGuard(Type, Mechanism == LeaseMechanism.Delegation);
         Volatile.Write(ref _state, Active);
         LeaseSignals.Verify();
         if (KernelBreakPending(out _))
@@ -369,6 +373,8 @@ public sealed class FileLease : IDisposable
             return false;
         }
 
+        if (breakSignal != 0 && InjectedBreakDelay > TimeSpan.Zero)
+            Thread.Sleep(InjectedBreakDelay);   // test hook: managed teardown slower than the kernel's deadline
         long start = breakSignal != 0 ? Math.Min(breakSignal, observed) : Stopwatch.GetTimestamp();
         long kernelDeadline = start + (long)(BreakTime.TotalSeconds * Stopwatch.Frequency);
         var reason = new LeaseRevokedException(this, broken: breakSignal != 0);
@@ -390,7 +396,8 @@ public sealed class FileLease : IDisposable
             if (File.HasUnconfirmedRegions)
                 File.RevokeMapping();
         });
-        // 4. Release: lets the breaking process continue.
+        // 4. Release: lets the breaking process continue. The guard first: no handler acts on the file once it is given back.
+        Step(errors, File.DisarmGuard);
         File.ReleaseKernelLease(Mechanism == LeaseMechanism.Delegation);
         long released = Stopwatch.GetTimestamp();
         Interlocked.Exchange(ref _releasedTimestamp, released);

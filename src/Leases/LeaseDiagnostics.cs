@@ -58,6 +58,12 @@ public static class LeaseDiagnostics
     /// <summary>Breaks found by a rescan (a lost or not yet delivered signal), not by their own signal.</summary>
     public static long BreaksFoundByRescan => Interlocked.Read(ref s_foundByRescan);
 
+    /// <summary>
+    /// File mappings the native signal handler replaced with the placeholder at the moment of a break signal, before
+    /// any managed code ran (normally one per break of a lease whose file is mapped).
+    /// </summary>
+    public static long SignalHandlerRevocations => Interop.LeaseGuard.Revocations();
+
     /// <summary>How long compiling the break path took when the watcher started (zero under NativeAOT).</summary>
     public static TimeSpan WarmupTime { get; internal set; }
 

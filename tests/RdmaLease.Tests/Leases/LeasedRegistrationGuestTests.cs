@@ -92,7 +92,10 @@ public unsafe class LeasedRegistrationGuestTests
             var remote = mr.ToRemote();
             WriteBlock(pair, remote, 0);
 
+            Assert.That(KernelView.RegisteredRemoteKeys(), Does.Contain(mr.RemoteKey));
             var p = RunProbe(Generous, "truncate", path, "16384");
+            // The truncate returned, so the lease is back with the kernel: the kernel must not list the region any more.
+            Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(mr.RemoteKey), "the region outlived its lease");
             Assert.That(broke.Task.Wait(Generous), Is.True, "no BreakRequested");
             var e = broke.Task.Result;
             Assert.Multiple(() =>
@@ -102,7 +105,7 @@ public unsafe class LeasedRegistrationGuestTests
                 Assert.That(mr.Revocation, Is.Not.Null);
                 Assert.That(mr.Revocation!.WasBroken, Is.True);
                 Assert.That(mr.Revocation.Lease, Is.SameAs(lease));
-                Assert.That(mr.Region.IsDisposed, Is.True, "deregistered");
+                Assert.That(mr.IsDeregistered, Is.True, "deregistered, confirmed by ibv_dereg_mr");
                 Assert.That(mr.DeregistrationErrno, Is.Zero);
                 Assert.That(mr.TeardownStartedTimestamp, Is.GreaterThanOrEqualTo(lease.BreakSignalTimestamp));
                 Assert.That(mr.DeregisteredTimestamp, Is.GreaterThan(0).And.LessThanOrEqualTo(lease.ReleasedTimestamp), "deregistered before the release");
@@ -151,7 +154,9 @@ public unsafe class LeasedRegistrationGuestTests
         {
             Assert.That(mr.IsActive, Is.False);
             Assert.That(mr.Revocation!.WasBroken, Is.False);
-            Assert.That(mr.Region.IsDisposed, Is.True);
+            Assert.That(mr.IsDeregistered, Is.True);
+            Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(mr.RemoteKey));
+            Assert.That(KernelView.LocksOn(file), Is.Empty);
             Assert.That(file.IsMapped, Is.True);
         });
         var e = Assert.Throws<LeaseRevokedException>(() => pair.B.PostSend(1, mr.Slice(0, 8)));
@@ -163,13 +168,17 @@ public unsafe class LeasedRegistrationGuestTests
         var mr2 = pair.PdB.Register(lease2, RemoteWritable);
         mr2.Dispose();
         Assert.That(lease2.IsActive, Is.True);
-        Assert.That(mr2.Region.IsDisposed, Is.True);
+        Assert.That(mr2.IsDeregistered, Is.True);
+        Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(mr2.RemoteKey));
+        Assert.That(KernelView.LocksOn(file), Has.Count.EqualTo(1), "the lease is still held");
         Assert.Throws<ObjectDisposedException>(() => pair.B.PostSend(2, mr2.Slice(0, 8)));
 
         // Disposing the file releases the lease, which tears the registration down.
         var mr3 = pair.PdB.Register(lease2, RemoteWritable);
         file.Dispose();
-        Assert.That(mr3.Region.IsDisposed, Is.True);
+        Assert.That(mr3.IsDeregistered, Is.True);
+        Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(mr3.RemoteKey));
+        Assert.That(KernelView.OwnLeases(), Is.Empty);
         Assert.That(mr3.Revocation, Is.Not.Null);
         Assert.That(lease2.IsActive, Is.False);
     }
@@ -191,7 +200,8 @@ public unsafe class LeasedRegistrationGuestTests
         var p = RunProbe(Generous, "truncate", path, "0");
         Assert.That(broke.Task.Wait(Generous), Is.True);
         Assert.That(p.Ok, Is.True);
-        Assert.That(mr.Region.IsDisposed, Is.True);
+        Assert.That(mr.IsDeregistered, Is.True);
+        Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(mr.RemoteKey));
         Assert.That(WriteOnce(pair, remote, 2 * Block, LateSeed), Is.EqualTo(WorkCompletionStatus.RemoteAccessError));
         Assert.That(ReadByDescriptor(file), Is.Empty);
     }
@@ -318,7 +328,7 @@ public unsafe class LeasedRegistrationGuestTests
             {
                 Assert.That(failure?.Status, Is.EqualTo(WorkCompletionStatus.RemoteAccessError), "the peer's next write");
                 Assert.That(late, Is.EqualTo(WorkCompletionStatus.RemoteAccessError), "a write with the old rkey after the break");
-                Assert.That(mr.Region.IsDisposed, Is.True);
+                Assert.That(mr.IsDeregistered, Is.True);
             }
             else
             {
@@ -405,6 +415,8 @@ public unsafe class LeasedRegistrationGuestTests
             File.AppendAllText("/mnt/out/leased-security.txt", text + "\n");
         Assert.Multiple(() =>
         {
+            Assert.That(reused, Is.GreaterThan(0), "the new file must reuse the victim's freed blocks, or this test shows nothing");
+            Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(remote.RemoteKey));
             Assert.That(statuses, Is.All.EqualTo(WorkCompletionStatus.RemoteAccessError));
             Assert.That(ClassifyAll(newcomer), Is.All.EqualTo("new"), "the new file is unchanged");
             Assert.That(newcomer, Has.Length.EqualTo(Size));
@@ -553,8 +565,9 @@ public unsafe class LeasedRegistrationGuestTests
             WriteBlock(pair, mr.ToRemote(), (ulong)(i % 16) * Block);   // faulted in, used
             var p = RunProbe(Generous, "truncate", path, "4096");
             Assert.That(p.Ok, Is.True);
+            Assert.That(p.Elapsed, Is.LessThan(FileLease.LeaseBreakTime / 2), $"run {i}: the truncater came close to the kernel's deadline");
             Assert.That(broke.Task.Wait(Generous), Is.True);
-            Assert.That(mr.Region.IsDisposed, Is.True);
+            Assert.That(mr.IsDeregistered, Is.True);
             signalToRelease.Add(broke.Task.Result.BreakToRelease.TotalMilliseconds);
             teardown.Add(Stopwatch.GetElapsedTime(mr.TeardownStartedTimestamp, mr.DeregisteredTimestamp).TotalMilliseconds);
             truncater.Add(p.Elapsed.TotalMilliseconds);
@@ -567,6 +580,7 @@ public unsafe class LeasedRegistrationGuestTests
         }
         Report($"leased-latency-{Fs(mount)}.md", sb.ToString());
         Assert.That(MedianMax(truncater).Median, Is.LessThan(FileLease.LeaseBreakTime.TotalMilliseconds / 10));
+        Assert.That(MedianMax(signalToRelease).Max, Is.LessThan(FileLease.LeaseBreakTime.TotalMilliseconds / 2));
     }
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "sync")]

@@ -284,10 +284,17 @@ public unsafe class SafetyInvariantGuestTests
             var e = Assert.Throws<InvalidOperationException>(() =>
                 pair.PdB.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = pair.CqB, ReceiveCompletionQueue = pair.CqB }));
             Assert.That(e!.Message, Does.Contain("quarantined"));
-            // The peer's QP is connected to B, which is in the error state: its write with the old key fails.
+            // The peer's QP is connected to B, which is in the error state: B drops the write, so the peer never gets a
+            // Success (it retries, then fails); within the time we watch it, nothing may succeed.
             using var source = pair.PdA.AllocateBuffer(Block, AccessFlags.LocalWrite);
             pair.A.PostWrite(9, source.Slice(0, Block), remote, 0);
-            Assert.That(RcPair.WaitOne(pair.CqA).Status, Is.Not.EqualTo(WorkCompletionStatus.Success));
+            var wc = new WorkCompletion[1];
+            var watch = Stopwatch.StartNew();
+            int n = 0;
+            while (n == 0 && watch.Elapsed < TimeSpan.FromSeconds(3))
+                n = pair.CqA.Poll(wc);
+            Assert.That(n == 0 || wc[0].Status != WorkCompletionStatus.Success, Is.True, $"the old key's write completed: {wc[0]}");
+            pair.A.MoveToError();   // flush it, if it is still retrying
             file.Dispose();
         }
         finally
@@ -335,6 +342,81 @@ public unsafe class SafetyInvariantGuestTests
             Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(mr.RemoteKey));
             Assert.That(KernelView.MappingAt(address), Is.Null);
         });
+    }
+
+    /// <summary>
+    /// The managed teardown is stuck (an injected delay past lease-break-time, standing in for a long pause or a dead
+    /// thread): the kernel removes the lease by force and the truncater goes on while the region is still registered.
+    /// The signal handler had already put the placeholder over the mapping, so the old key reaches nothing, not even
+    /// after the file regrew into new blocks.
+    /// </summary>
+    [Test]
+    public void WhenTheManagedTeardownMissesTheDeadlineTheSignalHandlerHasCutTheFileOff()
+    {
+        using var dir = CreateTempDir("/mnt/xfs");
+        string path = dir.File("f");
+        using var pair = Pair();
+        using var file = OpenFile(path, "/mnt/xfs", Size);
+        FillBlocks(file.Span, InitialSeed);
+        file.Flush();
+        nint address = (nint)file.BaseAddress;
+        var lease = file.AcquireLease();
+        var broke = OnBreak(lease);
+        var mr = pair.PdB.Register(lease, RemoteWritable);
+        var remote = mr.ToRemote();
+        WriteOnce(pair, remote, 0, PeerSeed);
+        TimeSpan breakTime = FileLease.LeaseBreakTime;
+        long guardBefore = LeaseDiagnostics.SignalHandlerRevocations, missesBefore = LeaseDiagnostics.DeadlineMisses;
+        FileLease.InjectedBreakDelay = breakTime + TimeSpan.FromSeconds(3);
+        try
+        {
+            var p = RunProbe(breakTime * 3, "truncate", path, "0");
+            Assert.That(p.Ok, Is.True, p.Output);
+            Assert.That(p.Elapsed, Is.GreaterThan(breakTime - TimeSpan.FromSeconds(1)), "the kernel waited out its deadline");
+            // The managed teardown has not run: the region is registered, and the kernel has let the truncate through.
+            Assert.Multiple(() =>
+            {
+                Assert.That(mr.IsDeregistered, Is.False);
+                Assert.That(KernelView.RegisteredRemoteKeys(), Does.Contain(mr.RemoteKey));
+                Assert.That(KernelView.LocksOn(file), Is.Empty, "the kernel removed the lease");
+                Assert.That(KernelView.PermissionsAt(address), Is.EqualTo("---p"), "the signal handler replaced the mapping");
+                Assert.That(LeaseDiagnostics.SignalHandlerRevocations, Is.GreaterThan(guardBefore));
+            });
+            // The file regrows into fresh blocks, written by someone else; the old key must reach none of them.
+            using (var fs = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite))
+            {
+                byte[] block = BlockPattern(NewFileSeed);
+                for (int i = 0; i < Size / Block; i++)
+                    fs.Write(block);
+                fs.Flush(flushToDisk: true);
+            }
+            Assert.That(WriteOnce(pair, remote, 0, LateSeed), Is.Not.EqualTo(WorkCompletionStatus.Success), "the old key reached the file");
+            Assert.That(ClassifyAll(File.ReadAllBytes(path)), Is.All.EqualTo("new"), "the regrown file holds only what its writer wrote");
+        }
+        finally
+        {
+            FileLease.InjectedBreakDelay = TimeSpan.Zero;
+        }
+        Assert.That(broke.Task.Wait(Generous), Is.True);
+        Assert.Multiple(() =>
+        {
+            Assert.That(mr.IsDeregistered, Is.True, "the late teardown still deregisters");
+            Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(mr.RemoteKey));
+            Assert.That(LeaseDiagnostics.DeadlineMisses, Is.GreaterThan(missesBefore), "the miss is counted");
+        });
+    }
+
+    /// <summary>The after-suite gate's own view can fail: it lists a live registration, and not once it is gone.</summary>
+    [Test]
+    public void TheLeakGateSeesALiveRegistration()
+    {
+        using var device = Device.Open("rxelo");
+        using var pd = device.AllocateProtectionDomain();
+        var buffer = pd.AllocateBuffer(Block, RemoteWritable);
+        string key = $"rkey 0x{buffer.RemoteKey:x} ";
+        Assert.That(GuestSuiteChecks.Leftovers(), Has.Some.Contains(key), "a registered buffer is a leftover");
+        buffer.Dispose();
+        Assert.That(GuestSuiteChecks.Leftovers(), Has.None.Contains(key));
     }
 
     /// <summary>Hundreds of leases (a quarter with a registered region) broken at once by one other process.</summary>
