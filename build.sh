@@ -15,7 +15,11 @@ GUEST_TIMEOUT=${RDMA_LEASE_GUEST_TIMEOUT:-1800}
 HOST_PACKAGES=(
     "qemu-system-x86_64:qemu-system-x86" "qemu-img:qemu-utils" "debootstrap:debootstrap"
     "/bin/busybox:busybox-static" "depmod:kmod" "cpio:cpio" "xz:xz-utils" "cc:gcc"
+    # The bindings generator (./build.sh bindings, and the host test that checks the checked-in
+    # bindings are what it generates): libclang, and clang's builtin headers (stddef.h, ...), which
+    # Debian packages apart from it.
     "/usr/lib/llvm-16/lib/libclang.so.1:libclang1-16"
+    "/usr/lib/llvm-16/lib/clang/16/include/stddef.h:libclang-common-16-dev"
     # The host's own rdma-core (44): the layout tests check our bindings against its headers too.
     "/usr/include/infiniband/verbs.h:libibverbs-dev" "/usr/include/rdma/rdma_cma.h:librdmacm-dev"
 )
