@@ -304,7 +304,7 @@ internal sealed unsafe class Generator(Options opt, nint tu, string version, str
     {
         var type = Cs(clang_getEnumDeclIntegerType(d.Cursor));
         sb.Append(CultureInfo.InvariantCulture, $"[NativeTypeName(\"enum {d.Name}\")]\n");
-        sb.Append(CultureInfo.InvariantCulture, $"public enum {d.Name} : {type}\n{{\n");
+        sb.Append(CultureInfo.InvariantCulture, $"{opt.Accessibility} enum {d.Name} : {type}\n{{\n");
         foreach (var m in Children(d.Cursor))
             if (m.kind == CXCursorKind.EnumConstantDecl)
                 sb.Append(CultureInfo.InvariantCulture, $"    {Spelling(m)} = {EnumValue(m, type)},\n");
@@ -325,7 +325,7 @@ internal sealed unsafe class Generator(Options opt, nint tu, string version, str
             sb.Append(CultureInfo.InvariantCulture, $"/// <summary>C's <c>{cSpelling}</c>, opaque here: only its size ({size}) and alignment ({align}) are mirrored.</summary>\n");
             sb.Append(CultureInfo.InvariantCulture, $"[NativeRecord(\"{cSpelling}\")]\n");
             sb.Append(CultureInfo.InvariantCulture, $"[StructLayout(LayoutKind.Explicit, Size = {size})]\n");
-            sb.Append(CultureInfo.InvariantCulture, $"public partial struct {d.Name}\n{{\n    [FieldOffset(0)] private {slot} _alignment;\n}}\n");
+            sb.Append(CultureInfo.InvariantCulture, $"{opt.Accessibility} partial struct {d.Name}\n{{\n    [FieldOffset(0)] private {slot} _alignment;\n}}\n");
             return;
         }
         sb.Append(CultureInfo.InvariantCulture, $"[NativeRecord(\"{cSpelling}\")]\n");
@@ -490,7 +490,9 @@ internal sealed unsafe class Generator(Options opt, nint tu, string version, str
         if (clangAlign > maxAlign) Warnings.Add($"{name}: C alignment {clangAlign} exceeds the C# image's {maxAlign}");
 
         sb.Append(CultureInfo.InvariantCulture, $"{indent}[StructLayout({string.Join(", ", layoutArgs)})]\n");
-        sb.Append(CultureInfo.InvariantCulture, $"{indent}public unsafe partial struct {name}\n{indent}{{\n");
+        // Nested types stay public: the top-level type's accessibility bounds theirs.
+        var access = indent.Length == 0 ? opt.Accessibility : "public";
+        sb.Append(CultureInfo.InvariantCulture, $"{indent}{access} unsafe partial struct {name}\n{indent}{{\n");
         var first = true;
         foreach (var m in members)
         {
@@ -631,7 +633,7 @@ internal sealed unsafe class Generator(Options opt, nint tu, string version, str
             if (f.ClassMembers.Count > 0)
             {
                 var (_, cls) = opt.LibraryFor(rel);
-                sb.Append(CultureInfo.InvariantCulture, $"\npublic static unsafe partial class {cls}\n{{\n");
+                sb.Append(CultureInfo.InvariantCulture, $"\n{opt.Accessibility} static unsafe partial class {cls}\n{{\n");
                 var firstMember = true;
                 foreach (var (_, text) in f.ClassMembers.OrderBy(m => m.Line))
                 {

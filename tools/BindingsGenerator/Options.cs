@@ -9,6 +9,8 @@ internal sealed class Options
     public string HeadersDir = "";
     public string Output = "";
     public string Namespace = "RdmaLease.Interop";
+    /// <summary>The accessibility of the top-level types (public or internal).</summary>
+    public string Accessibility = "public";
     /// <summary>libclang's shared library (libclang.so.1 of an LLVM install).</summary>
     public string LibClang = "";
     public readonly List<string> Headers = [];
@@ -34,6 +36,10 @@ internal sealed class Options
                 case "--headers-dir": o.HeadersDir = Path.GetFullPath(Next(a)); break;
                 case "--output": o.Output = Path.GetFullPath(Next(a)); break;
                 case "--namespace": o.Namespace = Next(a); break;
+                case "--accessibility":
+                    o.Accessibility = Next(a);
+                    if (o.Accessibility is not ("public" or "internal")) throw new ArgumentException($"--accessibility {o.Accessibility}: expected public or internal");
+                    break;
                 case "--libclang": o.LibClang = Next(a); break;
                 case "--header": o.Headers.Add(Next(a)); break;
                 case "--traverse": o.Traverse.Add(Next(a)); break;

@@ -14,13 +14,13 @@ using System.Runtime.InteropServices;
 namespace RdmaLease.Interop;
 
 [NativeTypeName("enum ib_uverbs_flow_action_esp_keymat")]
-public enum ib_uverbs_flow_action_esp_keymat : uint
+internal enum ib_uverbs_flow_action_esp_keymat : uint
 {
     IB_UVERBS_FLOW_ACTION_ESP_KEYMAT_AES_GCM = 0,
 }
 
 [NativeTypeName("enum ib_uverbs_flow_action_esp_replay")]
-public enum ib_uverbs_flow_action_esp_replay : uint
+internal enum ib_uverbs_flow_action_esp_replay : uint
 {
     IB_UVERBS_FLOW_ACTION_ESP_REPLAY_NONE = 0,
     IB_UVERBS_FLOW_ACTION_ESP_REPLAY_BMP = 1,
@@ -28,7 +28,7 @@ public enum ib_uverbs_flow_action_esp_replay : uint
 
 [NativeRecord("struct ib_uverbs_flow_action_esp_encap")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ib_uverbs_flow_action_esp_encap
+internal unsafe partial struct ib_uverbs_flow_action_esp_encap
 {
     public Anonymous1_union Anonymous1;
 
@@ -79,7 +79,7 @@ public unsafe partial struct ib_uverbs_flow_action_esp_encap
 
 [NativeRecord("struct ib_uverbs_flow_action_esp")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ib_uverbs_flow_action_esp
+internal unsafe partial struct ib_uverbs_flow_action_esp
 {
     [NativeTypeName("__u32")]
     public uint spi;
@@ -98,7 +98,7 @@ public unsafe partial struct ib_uverbs_flow_action_esp
 }
 
 [NativeTypeName("enum ib_uverbs_advise_mr_advice")]
-public enum ib_uverbs_advise_mr_advice : uint
+internal enum ib_uverbs_advise_mr_advice : uint
 {
     IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH = 0,
     IB_UVERBS_ADVISE_MR_ADVICE_PREFETCH_WRITE = 1,

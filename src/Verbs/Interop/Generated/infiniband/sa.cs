@@ -15,7 +15,7 @@ namespace RdmaLease.Interop;
 
 [NativeRecord("struct ibv_sa_path_rec")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_sa_path_rec
+internal unsafe partial struct ibv_sa_path_rec
 {
     [NativeTypeName("union ibv_gid")]
     public ibv_gid dgid;
@@ -75,7 +75,7 @@ public unsafe partial struct ibv_sa_path_rec
 
 [NativeRecord("struct ibv_sa_mcmember_rec")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_sa_mcmember_rec
+internal unsafe partial struct ibv_sa_mcmember_rec
 {
     [NativeTypeName("union ibv_gid")]
     public ibv_gid mgid;
@@ -133,7 +133,7 @@ public unsafe partial struct ibv_sa_mcmember_rec
 
 [NativeRecord("struct ibv_sa_service_rec")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_sa_service_rec
+internal unsafe partial struct ibv_sa_service_rec
 {
     [NativeTypeName("uint64_t")]
     public ulong id;
@@ -168,7 +168,7 @@ public unsafe partial struct ibv_sa_service_rec
 
 [NativeRecord("struct ibv_path_record")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_path_record
+internal unsafe partial struct ibv_path_record
 {
     [NativeTypeName("__be64")]
     public ulong service_id;
@@ -218,7 +218,7 @@ public unsafe partial struct ibv_path_record
 
 [NativeRecord("struct ibv_path_data")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_path_data
+internal unsafe partial struct ibv_path_data
 {
     [NativeTypeName("uint32_t")]
     public uint flags;
@@ -230,7 +230,7 @@ public unsafe partial struct ibv_path_data
     public ibv_path_record path;
 }
 
-public static unsafe partial class libibverbs
+internal static unsafe partial class libibverbs
 {
     public const int IBV_PATH_RECORD_REVERSIBLE = 128;
     public const int IBV_PATH_FLAG_GMP = 1;

@@ -15,7 +15,7 @@ namespace RdmaLease.Interop;
 
 [NativeRecord("union ibv_gid")]
 [StructLayout(LayoutKind.Explicit)]
-public unsafe partial struct ibv_gid
+internal unsafe partial struct ibv_gid
 {
     [NativeTypeName("uint8_t[16]")]
     [FieldOffset(0)]
@@ -36,7 +36,7 @@ public unsafe partial struct ibv_gid
 }
 
 [NativeTypeName("enum ibv_gid_type")]
-public enum ibv_gid_type : uint
+internal enum ibv_gid_type : uint
 {
     IBV_GID_TYPE_IB = 0,
     IBV_GID_TYPE_ROCE_V1 = 1,
@@ -45,7 +45,7 @@ public enum ibv_gid_type : uint
 
 [NativeRecord("struct ibv_gid_entry")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_gid_entry
+internal unsafe partial struct ibv_gid_entry
 {
     [NativeTypeName("union ibv_gid")]
     public ibv_gid gid;
@@ -64,7 +64,7 @@ public unsafe partial struct ibv_gid_entry
 }
 
 [NativeTypeName("enum ibv_node_type")]
-public enum ibv_node_type : int
+internal enum ibv_node_type : int
 {
     IBV_NODE_UNKNOWN = -1,
     IBV_NODE_CA = 1,
@@ -77,7 +77,7 @@ public enum ibv_node_type : int
 }
 
 [NativeTypeName("enum ibv_transport_type")]
-public enum ibv_transport_type : int
+internal enum ibv_transport_type : int
 {
     IBV_TRANSPORT_UNKNOWN = -1,
     IBV_TRANSPORT_IB = 0,
@@ -88,7 +88,7 @@ public enum ibv_transport_type : int
 }
 
 [NativeTypeName("enum ibv_device_cap_flags")]
-public enum ibv_device_cap_flags : uint
+internal enum ibv_device_cap_flags : uint
 {
     IBV_DEVICE_RESIZE_MAX_WR = 1,
     IBV_DEVICE_BAD_PKEY_CNTR = 2,
@@ -117,7 +117,7 @@ public enum ibv_device_cap_flags : uint
 }
 
 [NativeTypeName("enum ibv_fork_status")]
-public enum ibv_fork_status : uint
+internal enum ibv_fork_status : uint
 {
     IBV_FORK_DISABLED = 0,
     IBV_FORK_ENABLED = 1,
@@ -125,7 +125,7 @@ public enum ibv_fork_status : uint
 }
 
 [NativeTypeName("enum ibv_atomic_cap")]
-public enum ibv_atomic_cap : uint
+internal enum ibv_atomic_cap : uint
 {
     IBV_ATOMIC_NONE = 0,
     IBV_ATOMIC_HCA = 1,
@@ -134,7 +134,7 @@ public enum ibv_atomic_cap : uint
 
 [NativeRecord("struct ibv_alloc_dm_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_alloc_dm_attr
+internal unsafe partial struct ibv_alloc_dm_attr
 {
     [NativeTypeName("size_t")]
     public nuint length;
@@ -147,14 +147,14 @@ public unsafe partial struct ibv_alloc_dm_attr
 }
 
 [NativeTypeName("enum ibv_dm_mask")]
-public enum ibv_dm_mask : uint
+internal enum ibv_dm_mask : uint
 {
     IBV_DM_MASK_HANDLE = 1,
 }
 
 [NativeRecord("struct ibv_dm")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_dm
+internal unsafe partial struct ibv_dm
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -174,7 +174,7 @@ public unsafe partial struct ibv_dm
 
 [NativeRecord("struct ibv_device_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_device_attr
+internal unsafe partial struct ibv_device_attr
 {
     [NativeTypeName("char[64]")]
     public fixed sbyte fw_ver[64];
@@ -272,14 +272,14 @@ public unsafe partial struct ibv_device_attr
 
 [NativeRecord("struct ibv_query_device_ex_input")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_query_device_ex_input
+internal unsafe partial struct ibv_query_device_ex_input
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
 }
 
 [NativeTypeName("enum ibv_odp_transport_cap_bits")]
-public enum ibv_odp_transport_cap_bits : uint
+internal enum ibv_odp_transport_cap_bits : uint
 {
     IBV_ODP_SUPPORT_SEND = 1,
     IBV_ODP_SUPPORT_RECV = 2,
@@ -291,7 +291,7 @@ public enum ibv_odp_transport_cap_bits : uint
 
 [NativeRecord("struct ibv_odp_caps")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_odp_caps
+internal unsafe partial struct ibv_odp_caps
 {
     [NativeTypeName("uint64_t")]
     public ulong general_caps;
@@ -313,7 +313,7 @@ public unsafe partial struct ibv_odp_caps
 }
 
 [NativeTypeName("enum ibv_odp_general_caps")]
-public enum ibv_odp_general_caps : uint
+internal enum ibv_odp_general_caps : uint
 {
     IBV_ODP_SUPPORT = 1,
     IBV_ODP_SUPPORT_IMPLICIT = 2,
@@ -321,7 +321,7 @@ public enum ibv_odp_general_caps : uint
 
 [NativeRecord("struct ibv_tso_caps")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_tso_caps
+internal unsafe partial struct ibv_tso_caps
 {
     [NativeTypeName("uint32_t")]
     public uint max_tso;
@@ -331,13 +331,13 @@ public unsafe partial struct ibv_tso_caps
 }
 
 [NativeTypeName("enum ibv_rx_hash_function_flags")]
-public enum ibv_rx_hash_function_flags : uint
+internal enum ibv_rx_hash_function_flags : uint
 {
     IBV_RX_HASH_FUNC_TOEPLITZ = 1,
 }
 
 [NativeTypeName("enum ibv_rx_hash_fields")]
-public enum ibv_rx_hash_fields : uint
+internal enum ibv_rx_hash_fields : uint
 {
     IBV_RX_HASH_SRC_IPV4 = 1,
     IBV_RX_HASH_DST_IPV4 = 2,
@@ -353,7 +353,7 @@ public enum ibv_rx_hash_fields : uint
 
 [NativeRecord("struct ibv_rss_caps")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_rss_caps
+internal unsafe partial struct ibv_rss_caps
 {
     [NativeTypeName("uint32_t")]
     public uint supported_qpts;
@@ -373,7 +373,7 @@ public unsafe partial struct ibv_rss_caps
 
 [NativeRecord("struct ibv_packet_pacing_caps")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_packet_pacing_caps
+internal unsafe partial struct ibv_packet_pacing_caps
 {
     [NativeTypeName("uint32_t")]
     public uint qp_rate_limit_min;
@@ -386,7 +386,7 @@ public unsafe partial struct ibv_packet_pacing_caps
 }
 
 [NativeTypeName("enum ibv_raw_packet_caps")]
-public enum ibv_raw_packet_caps : uint
+internal enum ibv_raw_packet_caps : uint
 {
     IBV_RAW_PACKET_CAP_CVLAN_STRIPPING = 1,
     IBV_RAW_PACKET_CAP_SCATTER_FCS = 2,
@@ -395,14 +395,14 @@ public enum ibv_raw_packet_caps : uint
 }
 
 [NativeTypeName("enum ibv_tm_cap_flags")]
-public enum ibv_tm_cap_flags : uint
+internal enum ibv_tm_cap_flags : uint
 {
     IBV_TM_CAP_RC = 1,
 }
 
 [NativeRecord("struct ibv_tm_caps")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_tm_caps
+internal unsafe partial struct ibv_tm_caps
 {
     [NativeTypeName("uint32_t")]
     public uint max_rndv_hdr_size;
@@ -422,7 +422,7 @@ public unsafe partial struct ibv_tm_caps
 
 [NativeRecord("struct ibv_cq_moderation_caps")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_cq_moderation_caps
+internal unsafe partial struct ibv_cq_moderation_caps
 {
     [NativeTypeName("uint16_t")]
     public ushort max_cq_count;
@@ -432,7 +432,7 @@ public unsafe partial struct ibv_cq_moderation_caps
 }
 
 [NativeTypeName("enum ibv_pci_atomic_op_size")]
-public enum ibv_pci_atomic_op_size : uint
+internal enum ibv_pci_atomic_op_size : uint
 {
     IBV_PCI_ATOMIC_OPERATION_4_BYTE_SIZE_SUP = 1,
     IBV_PCI_ATOMIC_OPERATION_8_BYTE_SIZE_SUP = 2,
@@ -441,7 +441,7 @@ public enum ibv_pci_atomic_op_size : uint
 
 [NativeRecord("struct ibv_pci_atomic_caps")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_pci_atomic_caps
+internal unsafe partial struct ibv_pci_atomic_caps
 {
     [NativeTypeName("uint16_t")]
     public ushort fetch_add;
@@ -455,7 +455,7 @@ public unsafe partial struct ibv_pci_atomic_caps
 
 [NativeRecord("struct ibv_device_attr_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_device_attr_ex
+internal unsafe partial struct ibv_device_attr_ex
 {
     [NativeTypeName("struct ibv_device_attr")]
     public ibv_device_attr orig_attr;
@@ -510,7 +510,7 @@ public unsafe partial struct ibv_device_attr_ex
 }
 
 [NativeTypeName("enum ibv_mtu")]
-public enum ibv_mtu : uint
+internal enum ibv_mtu : uint
 {
     IBV_MTU_256 = 1,
     IBV_MTU_512 = 2,
@@ -520,7 +520,7 @@ public enum ibv_mtu : uint
 }
 
 [NativeTypeName("enum ibv_port_state")]
-public enum ibv_port_state : uint
+internal enum ibv_port_state : uint
 {
     IBV_PORT_NOP = 0,
     IBV_PORT_DOWN = 1,
@@ -531,7 +531,7 @@ public enum ibv_port_state : uint
 }
 
 [NativeTypeName("enum ibv_port_cap_flags")]
-public enum ibv_port_cap_flags : uint
+internal enum ibv_port_cap_flags : uint
 {
     IBV_PORT_SM = 2,
     IBV_PORT_NOTICE_SUP = 4,
@@ -560,7 +560,7 @@ public enum ibv_port_cap_flags : uint
 }
 
 [NativeTypeName("enum ibv_port_cap_flags2")]
-public enum ibv_port_cap_flags2 : uint
+internal enum ibv_port_cap_flags2 : uint
 {
     IBV_PORT_SET_NODE_DESC_SUP = 1,
     IBV_PORT_INFO_EXT_SUP = 2,
@@ -574,7 +574,7 @@ public enum ibv_port_cap_flags2 : uint
 
 [NativeRecord("struct ibv_port_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_port_attr
+internal unsafe partial struct ibv_port_attr
 {
     [NativeTypeName("enum ibv_port_state")]
     public ibv_port_state state;
@@ -646,7 +646,7 @@ public unsafe partial struct ibv_port_attr
 }
 
 [NativeTypeName("enum ibv_event_type")]
-public enum ibv_event_type : uint
+internal enum ibv_event_type : uint
 {
     IBV_EVENT_CQ_ERR = 0,
     IBV_EVENT_QP_FATAL = 1,
@@ -672,7 +672,7 @@ public enum ibv_event_type : uint
 
 [NativeRecord("struct ibv_async_event")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_async_event
+internal unsafe partial struct ibv_async_event
 {
     public element_union element;
 
@@ -704,7 +704,7 @@ public unsafe partial struct ibv_async_event
 }
 
 [NativeTypeName("enum ibv_wc_status")]
-public enum ibv_wc_status : uint
+internal enum ibv_wc_status : uint
 {
     IBV_WC_SUCCESS = 0,
     IBV_WC_LOC_LEN_ERR = 1,
@@ -733,7 +733,7 @@ public enum ibv_wc_status : uint
 }
 
 [NativeTypeName("enum ibv_wc_opcode")]
-public enum ibv_wc_opcode : uint
+internal enum ibv_wc_opcode : uint
 {
     IBV_WC_SEND = 0,
     IBV_WC_RDMA_WRITE = 1,
@@ -758,7 +758,7 @@ public enum ibv_wc_opcode : uint
 }
 
 [NativeTypeName("enum ibv_create_cq_wc_flags")]
-public enum ibv_create_cq_wc_flags : uint
+internal enum ibv_create_cq_wc_flags : uint
 {
     IBV_WC_EX_WITH_BYTE_LEN = 1,
     IBV_WC_EX_WITH_IMM = 2,
@@ -775,7 +775,7 @@ public enum ibv_create_cq_wc_flags : uint
 }
 
 [NativeTypeName("enum ibv_wc_flags")]
-public enum ibv_wc_flags : uint
+internal enum ibv_wc_flags : uint
 {
     IBV_WC_GRH = 1,
     IBV_WC_WITH_IMM = 2,
@@ -788,7 +788,7 @@ public enum ibv_wc_flags : uint
 
 [NativeRecord("struct ibv_wc")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_wc
+internal unsafe partial struct ibv_wc
 {
     [NativeTypeName("uint64_t")]
     public ulong wr_id;
@@ -848,7 +848,7 @@ public unsafe partial struct ibv_wc
 }
 
 [NativeTypeName("enum ibv_access_flags")]
-public enum ibv_access_flags : uint
+internal enum ibv_access_flags : uint
 {
     IBV_ACCESS_LOCAL_WRITE = 1,
     IBV_ACCESS_REMOTE_WRITE = 2,
@@ -865,7 +865,7 @@ public enum ibv_access_flags : uint
 
 [NativeRecord("struct ibv_mw_bind_info")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_mw_bind_info
+internal unsafe partial struct ibv_mw_bind_info
 {
     [NativeTypeName("struct ibv_mr *")]
     public ibv_mr* mr;
@@ -882,7 +882,7 @@ public unsafe partial struct ibv_mw_bind_info
 
 [NativeRecord("struct ibv_pd")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_pd
+internal unsafe partial struct ibv_pd
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -893,7 +893,7 @@ public unsafe partial struct ibv_pd
 
 [NativeRecord("struct ibv_td_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_td_init_attr
+internal unsafe partial struct ibv_td_init_attr
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -901,14 +901,14 @@ public unsafe partial struct ibv_td_init_attr
 
 [NativeRecord("struct ibv_td")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_td
+internal unsafe partial struct ibv_td
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
 }
 
 [NativeTypeName("enum ibv_xrcd_init_attr_mask")]
-public enum ibv_xrcd_init_attr_mask : uint
+internal enum ibv_xrcd_init_attr_mask : uint
 {
     IBV_XRCD_INIT_ATTR_FD = 1,
     IBV_XRCD_INIT_ATTR_OFLAGS = 2,
@@ -917,7 +917,7 @@ public enum ibv_xrcd_init_attr_mask : uint
 
 [NativeRecord("struct ibv_xrcd_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_xrcd_init_attr
+internal unsafe partial struct ibv_xrcd_init_attr
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -929,14 +929,14 @@ public unsafe partial struct ibv_xrcd_init_attr
 
 [NativeRecord("struct ibv_xrcd")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_xrcd
+internal unsafe partial struct ibv_xrcd
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
 }
 
 [NativeTypeName("enum ibv_rereg_mr_flags")]
-public enum ibv_rereg_mr_flags : uint
+internal enum ibv_rereg_mr_flags : uint
 {
     IBV_REREG_MR_CHANGE_TRANSLATION = 1,
     IBV_REREG_MR_CHANGE_PD = 2,
@@ -946,7 +946,7 @@ public enum ibv_rereg_mr_flags : uint
 
 [NativeRecord("struct ibv_mr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_mr
+internal unsafe partial struct ibv_mr
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -971,7 +971,7 @@ public unsafe partial struct ibv_mr
 }
 
 [NativeTypeName("enum ibv_mw_type")]
-public enum ibv_mw_type : uint
+internal enum ibv_mw_type : uint
 {
     IBV_MW_TYPE_1 = 1,
     IBV_MW_TYPE_2 = 2,
@@ -979,7 +979,7 @@ public enum ibv_mw_type : uint
 
 [NativeRecord("struct ibv_mw")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_mw
+internal unsafe partial struct ibv_mw
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -999,7 +999,7 @@ public unsafe partial struct ibv_mw
 
 [NativeRecord("struct ibv_global_route")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_global_route
+internal unsafe partial struct ibv_global_route
 {
     [NativeTypeName("union ibv_gid")]
     public ibv_gid dgid;
@@ -1019,7 +1019,7 @@ public unsafe partial struct ibv_global_route
 
 [NativeRecord("struct ibv_grh")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_grh
+internal unsafe partial struct ibv_grh
 {
     [NativeTypeName("__be32")]
     public uint version_tclass_flow;
@@ -1041,7 +1041,7 @@ public unsafe partial struct ibv_grh
 }
 
 [NativeTypeName("enum ibv_rate")]
-public enum ibv_rate : uint
+internal enum ibv_rate : uint
 {
     IBV_RATE_MAX = 0,
     IBV_RATE_2_5_GBPS = 2,
@@ -1071,7 +1071,7 @@ public enum ibv_rate : uint
 
 [NativeRecord("struct ibv_ah_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_ah_attr
+internal unsafe partial struct ibv_ah_attr
 {
     [NativeTypeName("struct ibv_global_route")]
     public ibv_global_route grh;
@@ -1096,7 +1096,7 @@ public unsafe partial struct ibv_ah_attr
 }
 
 [NativeTypeName("enum ibv_srq_attr_mask")]
-public enum ibv_srq_attr_mask : uint
+internal enum ibv_srq_attr_mask : uint
 {
     IBV_SRQ_MAX_WR = 1,
     IBV_SRQ_LIMIT = 2,
@@ -1104,7 +1104,7 @@ public enum ibv_srq_attr_mask : uint
 
 [NativeRecord("struct ibv_srq_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_srq_attr
+internal unsafe partial struct ibv_srq_attr
 {
     [NativeTypeName("uint32_t")]
     public uint max_wr;
@@ -1118,7 +1118,7 @@ public unsafe partial struct ibv_srq_attr
 
 [NativeRecord("struct ibv_srq_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_srq_init_attr
+internal unsafe partial struct ibv_srq_init_attr
 {
     [NativeTypeName("void *")]
     public void* srq_context;
@@ -1128,7 +1128,7 @@ public unsafe partial struct ibv_srq_init_attr
 }
 
 [NativeTypeName("enum ibv_srq_type")]
-public enum ibv_srq_type : uint
+internal enum ibv_srq_type : uint
 {
     IBV_SRQT_BASIC = 0,
     IBV_SRQT_XRC = 1,
@@ -1136,7 +1136,7 @@ public enum ibv_srq_type : uint
 }
 
 [NativeTypeName("enum ibv_srq_init_attr_mask")]
-public enum ibv_srq_init_attr_mask : uint
+internal enum ibv_srq_init_attr_mask : uint
 {
     IBV_SRQ_INIT_ATTR_TYPE = 1,
     IBV_SRQ_INIT_ATTR_PD = 2,
@@ -1148,7 +1148,7 @@ public enum ibv_srq_init_attr_mask : uint
 
 [NativeRecord("struct ibv_tm_cap")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_tm_cap
+internal unsafe partial struct ibv_tm_cap
 {
     [NativeTypeName("uint32_t")]
     public uint max_num_tags;
@@ -1159,7 +1159,7 @@ public unsafe partial struct ibv_tm_cap
 
 [NativeRecord("struct ibv_srq_init_attr_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_srq_init_attr_ex
+internal unsafe partial struct ibv_srq_init_attr_ex
 {
     [NativeTypeName("void *")]
     public void* srq_context;
@@ -1187,20 +1187,20 @@ public unsafe partial struct ibv_srq_init_attr_ex
 }
 
 [NativeTypeName("enum ibv_wq_type")]
-public enum ibv_wq_type : uint
+internal enum ibv_wq_type : uint
 {
     IBV_WQT_RQ = 0,
 }
 
 [NativeTypeName("enum ibv_wq_init_attr_mask")]
-public enum ibv_wq_init_attr_mask : uint
+internal enum ibv_wq_init_attr_mask : uint
 {
     IBV_WQ_INIT_ATTR_FLAGS = 1,
     IBV_WQ_INIT_ATTR_RESERVED = 2,
 }
 
 [NativeTypeName("enum ibv_wq_flags")]
-public enum ibv_wq_flags : uint
+internal enum ibv_wq_flags : uint
 {
     IBV_WQ_FLAGS_CVLAN_STRIPPING = 1,
     IBV_WQ_FLAGS_SCATTER_FCS = 2,
@@ -1211,7 +1211,7 @@ public enum ibv_wq_flags : uint
 
 [NativeRecord("struct ibv_wq_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_wq_init_attr
+internal unsafe partial struct ibv_wq_init_attr
 {
     [NativeTypeName("void *")]
     public void* wq_context;
@@ -1239,7 +1239,7 @@ public unsafe partial struct ibv_wq_init_attr
 }
 
 [NativeTypeName("enum ibv_wq_state")]
-public enum ibv_wq_state : uint
+internal enum ibv_wq_state : uint
 {
     IBV_WQS_RESET = 0,
     IBV_WQS_RDY = 1,
@@ -1248,7 +1248,7 @@ public enum ibv_wq_state : uint
 }
 
 [NativeTypeName("enum ibv_wq_attr_mask")]
-public enum ibv_wq_attr_mask : uint
+internal enum ibv_wq_attr_mask : uint
 {
     IBV_WQ_ATTR_STATE = 1,
     IBV_WQ_ATTR_CURR_STATE = 2,
@@ -1258,7 +1258,7 @@ public enum ibv_wq_attr_mask : uint
 
 [NativeRecord("struct ibv_wq_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_wq_attr
+internal unsafe partial struct ibv_wq_attr
 {
     [NativeTypeName("uint32_t")]
     public uint attr_mask;
@@ -1278,7 +1278,7 @@ public unsafe partial struct ibv_wq_attr
 
 [NativeRecord("struct ibv_rwq_ind_table")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_rwq_ind_table
+internal unsafe partial struct ibv_rwq_ind_table
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -1292,14 +1292,14 @@ public unsafe partial struct ibv_rwq_ind_table
 }
 
 [NativeTypeName("enum ibv_ind_table_init_attr_mask")]
-public enum ibv_ind_table_init_attr_mask : uint
+internal enum ibv_ind_table_init_attr_mask : uint
 {
     IBV_CREATE_IND_TABLE_RESERVED = 1,
 }
 
 [NativeRecord("struct ibv_rwq_ind_table_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_rwq_ind_table_init_attr
+internal unsafe partial struct ibv_rwq_ind_table_init_attr
 {
     [NativeTypeName("uint32_t")]
     public uint log_ind_tbl_size;
@@ -1312,7 +1312,7 @@ public unsafe partial struct ibv_rwq_ind_table_init_attr
 }
 
 [NativeTypeName("enum ibv_qp_type")]
-public enum ibv_qp_type : uint
+internal enum ibv_qp_type : uint
 {
     IBV_QPT_RC = 2,
     IBV_QPT_UC = 3,
@@ -1325,7 +1325,7 @@ public enum ibv_qp_type : uint
 
 [NativeRecord("struct ibv_qp_cap")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp_cap
+internal unsafe partial struct ibv_qp_cap
 {
     [NativeTypeName("uint32_t")]
     public uint max_send_wr;
@@ -1345,7 +1345,7 @@ public unsafe partial struct ibv_qp_cap
 
 [NativeRecord("struct ibv_qp_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp_init_attr
+internal unsafe partial struct ibv_qp_init_attr
 {
     [NativeTypeName("void *")]
     public void* qp_context;
@@ -1369,7 +1369,7 @@ public unsafe partial struct ibv_qp_init_attr
 }
 
 [NativeTypeName("enum ibv_qp_init_attr_mask")]
-public enum ibv_qp_init_attr_mask : uint
+internal enum ibv_qp_init_attr_mask : uint
 {
     IBV_QP_INIT_ATTR_PD = 1,
     IBV_QP_INIT_ATTR_XRCD = 2,
@@ -1381,7 +1381,7 @@ public enum ibv_qp_init_attr_mask : uint
 }
 
 [NativeTypeName("enum ibv_qp_create_flags")]
-public enum ibv_qp_create_flags : uint
+internal enum ibv_qp_create_flags : uint
 {
     IBV_QP_CREATE_BLOCK_SELF_MCAST_LB = 2,
     IBV_QP_CREATE_SCATTER_FCS = 0x100,
@@ -1391,7 +1391,7 @@ public enum ibv_qp_create_flags : uint
 }
 
 [NativeTypeName("enum ibv_qp_create_send_ops_flags")]
-public enum ibv_qp_create_send_ops_flags : uint
+internal enum ibv_qp_create_send_ops_flags : uint
 {
     IBV_QP_EX_WITH_RDMA_WRITE = 1,
     IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM = 2,
@@ -1410,7 +1410,7 @@ public enum ibv_qp_create_send_ops_flags : uint
 
 [NativeRecord("struct ibv_rx_hash_conf")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_rx_hash_conf
+internal unsafe partial struct ibv_rx_hash_conf
 {
     [NativeTypeName("uint8_t")]
     public byte rx_hash_function;
@@ -1427,7 +1427,7 @@ public unsafe partial struct ibv_rx_hash_conf
 
 [NativeRecord("struct ibv_qp_init_attr_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp_init_attr_ex
+internal unsafe partial struct ibv_qp_init_attr_ex
 {
     [NativeTypeName("void *")]
     public void* qp_context;
@@ -1478,7 +1478,7 @@ public unsafe partial struct ibv_qp_init_attr_ex
 }
 
 [NativeTypeName("enum ibv_qp_open_attr_mask")]
-public enum ibv_qp_open_attr_mask : uint
+internal enum ibv_qp_open_attr_mask : uint
 {
     IBV_QP_OPEN_ATTR_NUM = 1,
     IBV_QP_OPEN_ATTR_XRCD = 2,
@@ -1489,7 +1489,7 @@ public enum ibv_qp_open_attr_mask : uint
 
 [NativeRecord("struct ibv_qp_open_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp_open_attr
+internal unsafe partial struct ibv_qp_open_attr
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -1508,7 +1508,7 @@ public unsafe partial struct ibv_qp_open_attr
 }
 
 [NativeTypeName("enum ibv_qp_attr_mask")]
-public enum ibv_qp_attr_mask : uint
+internal enum ibv_qp_attr_mask : uint
 {
     IBV_QP_STATE = 1,
     IBV_QP_CUR_STATE = 2,
@@ -1535,20 +1535,20 @@ public enum ibv_qp_attr_mask : uint
 }
 
 [NativeTypeName("enum ibv_query_qp_data_in_order_flags")]
-public enum ibv_query_qp_data_in_order_flags : uint
+internal enum ibv_query_qp_data_in_order_flags : uint
 {
     IBV_QUERY_QP_DATA_IN_ORDER_RETURN_CAPS = 1,
 }
 
 [NativeTypeName("enum ibv_query_qp_data_in_order_caps")]
-public enum ibv_query_qp_data_in_order_caps : uint
+internal enum ibv_query_qp_data_in_order_caps : uint
 {
     IBV_QUERY_QP_DATA_IN_ORDER_WHOLE_MSG = 1,
     IBV_QUERY_QP_DATA_IN_ORDER_ALIGNED_128_BYTES = 2,
 }
 
 [NativeTypeName("enum ibv_qp_state")]
-public enum ibv_qp_state : uint
+internal enum ibv_qp_state : uint
 {
     IBV_QPS_RESET = 0,
     IBV_QPS_INIT = 1,
@@ -1561,7 +1561,7 @@ public enum ibv_qp_state : uint
 }
 
 [NativeTypeName("enum ibv_mig_state")]
-public enum ibv_mig_state : uint
+internal enum ibv_mig_state : uint
 {
     IBV_MIG_MIGRATED = 0,
     IBV_MIG_REARM = 1,
@@ -1570,7 +1570,7 @@ public enum ibv_mig_state : uint
 
 [NativeRecord("struct ibv_qp_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp_attr
+internal unsafe partial struct ibv_qp_attr
 {
     [NativeTypeName("enum ibv_qp_state")]
     public ibv_qp_state qp_state;
@@ -1653,7 +1653,7 @@ public unsafe partial struct ibv_qp_attr
 
 [NativeRecord("struct ibv_qp_rate_limit_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp_rate_limit_attr
+internal unsafe partial struct ibv_qp_rate_limit_attr
 {
     [NativeTypeName("uint32_t")]
     public uint rate_limit;
@@ -1669,7 +1669,7 @@ public unsafe partial struct ibv_qp_rate_limit_attr
 }
 
 [NativeTypeName("enum ibv_wr_opcode")]
-public enum ibv_wr_opcode : uint
+internal enum ibv_wr_opcode : uint
 {
     IBV_WR_RDMA_WRITE = 0,
     IBV_WR_RDMA_WRITE_WITH_IMM = 1,
@@ -1688,7 +1688,7 @@ public enum ibv_wr_opcode : uint
 }
 
 [NativeTypeName("enum ibv_send_flags")]
-public enum ibv_send_flags : uint
+internal enum ibv_send_flags : uint
 {
     IBV_SEND_FENCE = 1,
     IBV_SEND_SIGNALED = 2,
@@ -1698,14 +1698,14 @@ public enum ibv_send_flags : uint
 }
 
 [NativeTypeName("enum ibv_placement_type")]
-public enum ibv_placement_type : uint
+internal enum ibv_placement_type : uint
 {
     IBV_FLUSH_GLOBAL = 1,
     IBV_FLUSH_PERSISTENT = 2,
 }
 
 [NativeTypeName("enum ibv_selectivity_level")]
-public enum ibv_selectivity_level : uint
+internal enum ibv_selectivity_level : uint
 {
     IBV_FLUSH_RANGE = 0,
     IBV_FLUSH_MR = 1,
@@ -1713,7 +1713,7 @@ public enum ibv_selectivity_level : uint
 
 [NativeRecord("struct ibv_data_buf")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_data_buf
+internal unsafe partial struct ibv_data_buf
 {
     [NativeTypeName("void *")]
     public void* addr;
@@ -1724,7 +1724,7 @@ public unsafe partial struct ibv_data_buf
 
 [NativeRecord("struct ibv_sge")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_sge
+internal unsafe partial struct ibv_sge
 {
     [NativeTypeName("uint64_t")]
     public ulong addr;
@@ -1738,7 +1738,7 @@ public unsafe partial struct ibv_sge
 
 [NativeRecord("struct ibv_send_wr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_send_wr
+internal unsafe partial struct ibv_send_wr
 {
     [NativeTypeName("uint64_t")]
     public ulong wr_id;
@@ -1894,7 +1894,7 @@ public unsafe partial struct ibv_send_wr
 
 [NativeRecord("struct ibv_recv_wr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_recv_wr
+internal unsafe partial struct ibv_recv_wr
 {
     [NativeTypeName("uint64_t")]
     public ulong wr_id;
@@ -1909,7 +1909,7 @@ public unsafe partial struct ibv_recv_wr
 }
 
 [NativeTypeName("enum ibv_ops_wr_opcode")]
-public enum ibv_ops_wr_opcode : uint
+internal enum ibv_ops_wr_opcode : uint
 {
     IBV_WR_TAG_ADD = 0,
     IBV_WR_TAG_DEL = 1,
@@ -1917,7 +1917,7 @@ public enum ibv_ops_wr_opcode : uint
 }
 
 [NativeTypeName("enum ibv_ops_flags")]
-public enum ibv_ops_flags : uint
+internal enum ibv_ops_flags : uint
 {
     IBV_OPS_SIGNALED = 1,
     IBV_OPS_TM_SYNC = 2,
@@ -1925,7 +1925,7 @@ public enum ibv_ops_flags : uint
 
 [NativeRecord("struct ibv_ops_wr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_ops_wr
+internal unsafe partial struct ibv_ops_wr
 {
     [NativeTypeName("uint64_t")]
     public ulong wr_id;
@@ -1973,7 +1973,7 @@ public unsafe partial struct ibv_ops_wr
 
 [NativeRecord("struct ibv_mw_bind")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_mw_bind
+internal unsafe partial struct ibv_mw_bind
 {
     [NativeTypeName("uint64_t")]
     public ulong wr_id;
@@ -1987,7 +1987,7 @@ public unsafe partial struct ibv_mw_bind
 
 [NativeRecord("struct ibv_srq")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_srq
+internal unsafe partial struct ibv_srq
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -2011,7 +2011,7 @@ public unsafe partial struct ibv_srq
 
 [NativeRecord("struct ibv_wq")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_wq
+internal unsafe partial struct ibv_wq
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -2053,7 +2053,7 @@ public unsafe partial struct ibv_wq
 
 [NativeRecord("struct ibv_qp")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp
+internal unsafe partial struct ibv_qp
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -2095,7 +2095,7 @@ public unsafe partial struct ibv_qp
 
 [NativeRecord("struct ibv_qp_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_qp_ex
+internal unsafe partial struct ibv_qp_ex
 {
     [NativeTypeName("struct ibv_qp")]
     public ibv_qp qp_base;
@@ -2178,7 +2178,7 @@ public unsafe partial struct ibv_qp_ex
 
 [NativeRecord("struct ibv_ece")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_ece
+internal unsafe partial struct ibv_ece
 {
     [NativeTypeName("uint32_t")]
     public uint vendor_id;
@@ -2192,7 +2192,7 @@ public unsafe partial struct ibv_ece
 
 [NativeRecord("struct ibv_comp_channel")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_comp_channel
+internal unsafe partial struct ibv_comp_channel
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -2204,7 +2204,7 @@ public unsafe partial struct ibv_comp_channel
 
 [NativeRecord("struct ibv_cq")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_cq
+internal unsafe partial struct ibv_cq
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -2233,7 +2233,7 @@ public unsafe partial struct ibv_cq
 
 [NativeRecord("struct ibv_poll_cq_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_poll_cq_attr
+internal unsafe partial struct ibv_poll_cq_attr
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -2241,7 +2241,7 @@ public unsafe partial struct ibv_poll_cq_attr
 
 [NativeRecord("struct ibv_wc_tm_info")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_wc_tm_info
+internal unsafe partial struct ibv_wc_tm_info
 {
     [NativeTypeName("uint64_t")]
     public ulong tag;
@@ -2252,7 +2252,7 @@ public unsafe partial struct ibv_wc_tm_info
 
 [NativeRecord("struct ibv_cq_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_cq_ex
+internal unsafe partial struct ibv_cq_ex
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -2343,7 +2343,7 @@ public unsafe partial struct ibv_cq_ex
 }
 
 [NativeTypeName("enum ibv_cq_attr_mask")]
-public enum ibv_cq_attr_mask : uint
+internal enum ibv_cq_attr_mask : uint
 {
     IBV_CQ_ATTR_MODERATE = 1,
     IBV_CQ_ATTR_RESERVED = 2,
@@ -2351,7 +2351,7 @@ public enum ibv_cq_attr_mask : uint
 
 [NativeRecord("struct ibv_moderate_cq")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_moderate_cq
+internal unsafe partial struct ibv_moderate_cq
 {
     [NativeTypeName("uint16_t")]
     public ushort cq_count;
@@ -2362,7 +2362,7 @@ public unsafe partial struct ibv_moderate_cq
 
 [NativeRecord("struct ibv_modify_cq_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_modify_cq_attr
+internal unsafe partial struct ibv_modify_cq_attr
 {
     [NativeTypeName("uint32_t")]
     public uint attr_mask;
@@ -2373,7 +2373,7 @@ public unsafe partial struct ibv_modify_cq_attr
 
 [NativeRecord("struct ibv_ah")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_ah
+internal unsafe partial struct ibv_ah
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
@@ -2386,14 +2386,14 @@ public unsafe partial struct ibv_ah
 }
 
 [NativeTypeName("enum ibv_flow_flags")]
-public enum ibv_flow_flags : uint
+internal enum ibv_flow_flags : uint
 {
     IBV_FLOW_ATTR_FLAGS_DONT_TRAP = 2,
     IBV_FLOW_ATTR_FLAGS_EGRESS = 4,
 }
 
 [NativeTypeName("enum ibv_flow_attr_type")]
-public enum ibv_flow_attr_type : uint
+internal enum ibv_flow_attr_type : uint
 {
     IBV_FLOW_ATTR_NORMAL = 0,
     IBV_FLOW_ATTR_ALL_DEFAULT = 1,
@@ -2402,7 +2402,7 @@ public enum ibv_flow_attr_type : uint
 }
 
 [NativeTypeName("enum ibv_flow_spec_type")]
-public enum ibv_flow_spec_type : uint
+internal enum ibv_flow_spec_type : uint
 {
     IBV_FLOW_SPEC_ETH = 32,
     IBV_FLOW_SPEC_IPV4 = 48,
@@ -2423,7 +2423,7 @@ public enum ibv_flow_spec_type : uint
 
 [NativeRecord("struct ibv_flow_eth_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_eth_filter
+internal unsafe partial struct ibv_flow_eth_filter
 {
     [NativeTypeName("uint8_t[6]")]
     public fixed byte dst_mac[6];
@@ -2440,7 +2440,7 @@ public unsafe partial struct ibv_flow_eth_filter
 
 [NativeRecord("struct ibv_flow_spec_eth")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_eth
+internal unsafe partial struct ibv_flow_spec_eth
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2457,7 +2457,7 @@ public unsafe partial struct ibv_flow_spec_eth
 
 [NativeRecord("struct ibv_flow_ipv4_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_ipv4_filter
+internal unsafe partial struct ibv_flow_ipv4_filter
 {
     [NativeTypeName("uint32_t")]
     public uint src_ip;
@@ -2468,7 +2468,7 @@ public unsafe partial struct ibv_flow_ipv4_filter
 
 [NativeRecord("struct ibv_flow_spec_ipv4")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_ipv4
+internal unsafe partial struct ibv_flow_spec_ipv4
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2485,7 +2485,7 @@ public unsafe partial struct ibv_flow_spec_ipv4
 
 [NativeRecord("struct ibv_flow_ipv4_ext_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_ipv4_ext_filter
+internal unsafe partial struct ibv_flow_ipv4_ext_filter
 {
     [NativeTypeName("uint32_t")]
     public uint src_ip;
@@ -2508,7 +2508,7 @@ public unsafe partial struct ibv_flow_ipv4_ext_filter
 
 [NativeRecord("struct ibv_flow_spec_ipv4_ext")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_ipv4_ext
+internal unsafe partial struct ibv_flow_spec_ipv4_ext
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2525,7 +2525,7 @@ public unsafe partial struct ibv_flow_spec_ipv4_ext
 
 [NativeRecord("struct ibv_flow_ipv6_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_ipv6_filter
+internal unsafe partial struct ibv_flow_ipv6_filter
 {
     [NativeTypeName("uint8_t[16]")]
     public fixed byte src_ip[16];
@@ -2548,7 +2548,7 @@ public unsafe partial struct ibv_flow_ipv6_filter
 
 [NativeRecord("struct ibv_flow_spec_ipv6")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_ipv6
+internal unsafe partial struct ibv_flow_spec_ipv6
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2565,7 +2565,7 @@ public unsafe partial struct ibv_flow_spec_ipv6
 
 [NativeRecord("struct ibv_flow_esp_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_esp_filter
+internal unsafe partial struct ibv_flow_esp_filter
 {
     [NativeTypeName("uint32_t")]
     public uint spi;
@@ -2576,7 +2576,7 @@ public unsafe partial struct ibv_flow_esp_filter
 
 [NativeRecord("struct ibv_flow_spec_esp")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_esp
+internal unsafe partial struct ibv_flow_spec_esp
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2593,7 +2593,7 @@ public unsafe partial struct ibv_flow_spec_esp
 
 [NativeRecord("struct ibv_flow_tcp_udp_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_tcp_udp_filter
+internal unsafe partial struct ibv_flow_tcp_udp_filter
 {
     [NativeTypeName("uint16_t")]
     public ushort dst_port;
@@ -2604,7 +2604,7 @@ public unsafe partial struct ibv_flow_tcp_udp_filter
 
 [NativeRecord("struct ibv_flow_spec_tcp_udp")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_tcp_udp
+internal unsafe partial struct ibv_flow_spec_tcp_udp
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2621,7 +2621,7 @@ public unsafe partial struct ibv_flow_spec_tcp_udp
 
 [NativeRecord("struct ibv_flow_gre_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_gre_filter
+internal unsafe partial struct ibv_flow_gre_filter
 {
     [NativeTypeName("uint16_t")]
     public ushort c_ks_res0_ver;
@@ -2635,7 +2635,7 @@ public unsafe partial struct ibv_flow_gre_filter
 
 [NativeRecord("struct ibv_flow_spec_gre")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_gre
+internal unsafe partial struct ibv_flow_spec_gre
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2652,7 +2652,7 @@ public unsafe partial struct ibv_flow_spec_gre
 
 [NativeRecord("struct ibv_flow_mpls_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_mpls_filter
+internal unsafe partial struct ibv_flow_mpls_filter
 {
     [NativeTypeName("uint32_t")]
     public uint label;
@@ -2660,7 +2660,7 @@ public unsafe partial struct ibv_flow_mpls_filter
 
 [NativeRecord("struct ibv_flow_spec_mpls")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_mpls
+internal unsafe partial struct ibv_flow_spec_mpls
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2677,7 +2677,7 @@ public unsafe partial struct ibv_flow_spec_mpls
 
 [NativeRecord("struct ibv_flow_tunnel_filter")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_tunnel_filter
+internal unsafe partial struct ibv_flow_tunnel_filter
 {
     [NativeTypeName("uint32_t")]
     public uint tunnel_id;
@@ -2685,7 +2685,7 @@ public unsafe partial struct ibv_flow_tunnel_filter
 
 [NativeRecord("struct ibv_flow_spec_tunnel")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_tunnel
+internal unsafe partial struct ibv_flow_spec_tunnel
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2702,7 +2702,7 @@ public unsafe partial struct ibv_flow_spec_tunnel
 
 [NativeRecord("struct ibv_flow_spec_action_tag")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_action_tag
+internal unsafe partial struct ibv_flow_spec_action_tag
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2716,7 +2716,7 @@ public unsafe partial struct ibv_flow_spec_action_tag
 
 [NativeRecord("struct ibv_flow_spec_action_drop")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_action_drop
+internal unsafe partial struct ibv_flow_spec_action_drop
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2727,7 +2727,7 @@ public unsafe partial struct ibv_flow_spec_action_drop
 
 [NativeRecord("struct ibv_flow_spec_action_handle")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_action_handle
+internal unsafe partial struct ibv_flow_spec_action_handle
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2741,7 +2741,7 @@ public unsafe partial struct ibv_flow_spec_action_handle
 
 [NativeRecord("struct ibv_flow_spec_counter_action")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec_counter_action
+internal unsafe partial struct ibv_flow_spec_counter_action
 {
     [NativeTypeName("enum ibv_flow_spec_type")]
     public ibv_flow_spec_type type;
@@ -2755,7 +2755,7 @@ public unsafe partial struct ibv_flow_spec_counter_action
 
 [NativeRecord("struct ibv_flow_spec")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_spec
+internal unsafe partial struct ibv_flow_spec
 {
     public Anonymous1_union Anonymous1;
 
@@ -2873,7 +2873,7 @@ public unsafe partial struct ibv_flow_spec
 
 [NativeRecord("struct ibv_flow_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_attr
+internal unsafe partial struct ibv_flow_attr
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -2899,7 +2899,7 @@ public unsafe partial struct ibv_flow_attr
 
 [NativeRecord("struct ibv_flow")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow
+internal unsafe partial struct ibv_flow
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -2913,21 +2913,21 @@ public unsafe partial struct ibv_flow
 
 [NativeRecord("struct ibv_flow_action")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_action
+internal unsafe partial struct ibv_flow_action
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
 }
 
 [NativeTypeName("enum ibv_flow_action_esp_mask")]
-public enum ibv_flow_action_esp_mask : uint
+internal enum ibv_flow_action_esp_mask : uint
 {
     IBV_FLOW_ACTION_ESP_MASK_ESN = 1,
 }
 
 [NativeRecord("struct ibv_flow_action_esp_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_flow_action_esp_attr
+internal unsafe partial struct ibv_flow_action_esp_attr
 {
     [NativeTypeName("struct ib_uverbs_flow_action_esp *")]
     public ib_uverbs_flow_action_esp* esp_attr;
@@ -2962,7 +2962,7 @@ public unsafe partial struct ibv_flow_action_esp_attr
 
 [NativeRecord("struct _ibv_device_ops")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct _ibv_device_ops
+internal unsafe partial struct _ibv_device_ops
 {
     [NativeTypeName("struct ibv_context *(*)(struct ibv_device *, int)")]
     public delegate* unmanaged<ibv_device*, int, ibv_context*> _dummy1;
@@ -2973,7 +2973,7 @@ public unsafe partial struct _ibv_device_ops
 
 [NativeRecord("struct ibv_device")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_device
+internal unsafe partial struct ibv_device
 {
     [NativeTypeName("struct _ibv_device_ops")]
     public _ibv_device_ops _ops;
@@ -2999,7 +2999,7 @@ public unsafe partial struct ibv_device
 
 [NativeRecord("struct ibv_context_ops")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_context_ops
+internal unsafe partial struct ibv_context_ops
 {
     [NativeTypeName("int (*)(struct ibv_context *, struct ibv_device_attr *)")]
     public delegate* unmanaged<ibv_context*, ibv_device_attr*, int> _compat_query_device;
@@ -3100,7 +3100,7 @@ public unsafe partial struct ibv_context_ops
 
 [NativeRecord("struct ibv_context")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_context
+internal unsafe partial struct ibv_context
 {
     [NativeTypeName("struct ibv_device *")]
     public ibv_device* device;
@@ -3121,14 +3121,14 @@ public unsafe partial struct ibv_context
 }
 
 [NativeTypeName("enum ibv_cq_init_attr_mask")]
-public enum ibv_cq_init_attr_mask : uint
+internal enum ibv_cq_init_attr_mask : uint
 {
     IBV_CQ_INIT_ATTR_MASK_FLAGS = 1,
     IBV_CQ_INIT_ATTR_MASK_PD = 2,
 }
 
 [NativeTypeName("enum ibv_create_cq_attr_flags")]
-public enum ibv_create_cq_attr_flags : uint
+internal enum ibv_create_cq_attr_flags : uint
 {
     IBV_CREATE_CQ_ATTR_SINGLE_THREADED = 1,
     IBV_CREATE_CQ_ATTR_IGNORE_OVERRUN = 2,
@@ -3136,7 +3136,7 @@ public enum ibv_create_cq_attr_flags : uint
 
 [NativeRecord("struct ibv_cq_init_attr_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_cq_init_attr_ex
+internal unsafe partial struct ibv_cq_init_attr_ex
 {
     [NativeTypeName("uint32_t")]
     public uint cqe;
@@ -3164,7 +3164,7 @@ public unsafe partial struct ibv_cq_init_attr_ex
 }
 
 [NativeTypeName("enum ibv_parent_domain_init_attr_mask")]
-public enum ibv_parent_domain_init_attr_mask : uint
+internal enum ibv_parent_domain_init_attr_mask : uint
 {
     IBV_PARENT_DOMAIN_INIT_ATTR_ALLOCATORS = 1,
     IBV_PARENT_DOMAIN_INIT_ATTR_PD_CONTEXT = 2,
@@ -3172,7 +3172,7 @@ public enum ibv_parent_domain_init_attr_mask : uint
 
 [NativeRecord("struct ibv_parent_domain_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_parent_domain_init_attr
+internal unsafe partial struct ibv_parent_domain_init_attr
 {
     [NativeTypeName("struct ibv_pd *")]
     public ibv_pd* pd;
@@ -3195,7 +3195,7 @@ public unsafe partial struct ibv_parent_domain_init_attr
 
 [NativeRecord("struct ibv_counters_init_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_counters_init_attr
+internal unsafe partial struct ibv_counters_init_attr
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -3203,14 +3203,14 @@ public unsafe partial struct ibv_counters_init_attr
 
 [NativeRecord("struct ibv_counters")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_counters
+internal unsafe partial struct ibv_counters
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* context;
 }
 
 [NativeTypeName("enum ibv_counter_description")]
-public enum ibv_counter_description : uint
+internal enum ibv_counter_description : uint
 {
     IBV_COUNTER_PACKETS = 0,
     IBV_COUNTER_BYTES = 1,
@@ -3218,7 +3218,7 @@ public enum ibv_counter_description : uint
 
 [NativeRecord("struct ibv_counter_attach_attr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_counter_attach_attr
+internal unsafe partial struct ibv_counter_attach_attr
 {
     [NativeTypeName("enum ibv_counter_description")]
     public ibv_counter_description counter_desc;
@@ -3231,13 +3231,13 @@ public unsafe partial struct ibv_counter_attach_attr
 }
 
 [NativeTypeName("enum ibv_read_counters_flags")]
-public enum ibv_read_counters_flags : uint
+internal enum ibv_read_counters_flags : uint
 {
     IBV_READ_COUNTERS_ATTR_PREFER_CACHED = 1,
 }
 
 [NativeTypeName("enum ibv_values_mask")]
-public enum ibv_values_mask : uint
+internal enum ibv_values_mask : uint
 {
     IBV_VALUES_MASK_RAW_CLOCK = 1,
     IBV_VALUES_MASK_RESERVED = 2,
@@ -3245,7 +3245,7 @@ public enum ibv_values_mask : uint
 
 [NativeRecord("struct ibv_values_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct ibv_values_ex
+internal unsafe partial struct ibv_values_ex
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -3256,7 +3256,7 @@ public unsafe partial struct ibv_values_ex
 
 [NativeRecord("struct verbs_context")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct verbs_context
+internal unsafe partial struct verbs_context
 {
     [NativeTypeName("int (*)(struct ibv_context *, uint8_t, struct ibv_port_attr *, size_t)")]
     public delegate* unmanaged<ibv_context*, byte, ibv_port_attr*, ulong, int> query_port;
@@ -3383,7 +3383,7 @@ public unsafe partial struct verbs_context
 }
 
 [NativeTypeName("enum ibv_rereg_mr_err_code")]
-public enum ibv_rereg_mr_err_code : int
+internal enum ibv_rereg_mr_err_code : int
 {
     IBV_REREG_MR_ERR_INPUT = -1,
     IBV_REREG_MR_ERR_DONT_FORK_NEW = -2,
@@ -3392,7 +3392,7 @@ public enum ibv_rereg_mr_err_code : int
     IBV_REREG_MR_ERR_CMD_AND_DO_FORK_NEW = -5,
 }
 
-public static unsafe partial class libibverbs
+internal static unsafe partial class libibverbs
 {
     public const ulong IBV_DEVICE_RAW_SCATTER_FCS = 0x400000000;
     public const ulong IBV_DEVICE_PCI_WRITE_END_PADDING = 0x1000000000;

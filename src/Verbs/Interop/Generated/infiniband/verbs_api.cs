@@ -13,7 +13,7 @@ using System.Runtime.InteropServices;
 
 namespace RdmaLease.Interop;
 
-public static unsafe partial class libibverbs
+internal static unsafe partial class libibverbs
 {
     public const int IBV_FLOW_ACTION_ESP_KEYMAT_AES_GCM = 0;
     public const int IBV_FLOW_ACTION_IV_ALGO_SEQ = 0;

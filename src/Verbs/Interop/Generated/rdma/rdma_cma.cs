@@ -14,7 +14,7 @@ using System.Runtime.InteropServices;
 namespace RdmaLease.Interop;
 
 [NativeTypeName("enum rdma_cm_event_type")]
-public enum rdma_cm_event_type : uint
+internal enum rdma_cm_event_type : uint
 {
     RDMA_CM_EVENT_ADDR_RESOLVED = 0,
     RDMA_CM_EVENT_ADDR_ERROR = 1,
@@ -35,7 +35,7 @@ public enum rdma_cm_event_type : uint
 }
 
 [NativeTypeName("enum rdma_port_space")]
-public enum rdma_port_space : uint
+internal enum rdma_port_space : uint
 {
     RDMA_PS_IPOIB = 2,
     RDMA_PS_TCP = 0x106,
@@ -45,7 +45,7 @@ public enum rdma_port_space : uint
 
 [NativeRecord("struct rdma_ib_addr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_ib_addr
+internal unsafe partial struct rdma_ib_addr
 {
     [NativeTypeName("union ibv_gid")]
     public ibv_gid sgid;
@@ -59,7 +59,7 @@ public unsafe partial struct rdma_ib_addr
 
 [NativeRecord("struct rdma_addr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_addr
+internal unsafe partial struct rdma_addr
 {
     public Anonymous1_union Anonymous1;
 
@@ -142,7 +142,7 @@ public unsafe partial struct rdma_addr
 
 [NativeRecord("struct rdma_route")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_route
+internal unsafe partial struct rdma_route
 {
     [NativeTypeName("struct rdma_addr")]
     public rdma_addr addr;
@@ -155,14 +155,14 @@ public unsafe partial struct rdma_route
 
 [NativeRecord("struct rdma_event_channel")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_event_channel
+internal unsafe partial struct rdma_event_channel
 {
     public int fd;
 }
 
 [NativeRecord("struct rdma_cm_id")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_cm_id
+internal unsafe partial struct rdma_cm_id
 {
     [NativeTypeName("struct ibv_context *")]
     public ibv_context* verbs;
@@ -212,7 +212,7 @@ public unsafe partial struct rdma_cm_id
 
 [NativeRecord("struct rdma_conn_param")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_conn_param
+internal unsafe partial struct rdma_conn_param
 {
     [NativeTypeName("const void *")]
     public void* private_data;
@@ -244,7 +244,7 @@ public unsafe partial struct rdma_conn_param
 
 [NativeRecord("struct rdma_ud_param")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_ud_param
+internal unsafe partial struct rdma_ud_param
 {
     [NativeTypeName("const void *")]
     public void* private_data;
@@ -264,7 +264,7 @@ public unsafe partial struct rdma_ud_param
 
 [NativeRecord("struct rdma_cm_event")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_cm_event
+internal unsafe partial struct rdma_cm_event
 {
     [NativeTypeName("struct rdma_cm_id *")]
     public rdma_cm_id* id;
@@ -294,7 +294,7 @@ public unsafe partial struct rdma_cm_event
 
 [NativeRecord("struct rdma_addrinfo")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_addrinfo
+internal unsafe partial struct rdma_addrinfo
 {
     public int ai_flags;
 
@@ -339,7 +339,7 @@ public unsafe partial struct rdma_addrinfo
 }
 
 [NativeTypeName("enum rdma_cm_join_mc_attr_mask")]
-public enum rdma_cm_join_mc_attr_mask : uint
+internal enum rdma_cm_join_mc_attr_mask : uint
 {
     RDMA_CM_JOIN_MC_ATTR_ADDRESS = 1,
     RDMA_CM_JOIN_MC_ATTR_JOIN_FLAGS = 2,
@@ -347,7 +347,7 @@ public enum rdma_cm_join_mc_attr_mask : uint
 }
 
 [NativeTypeName("enum rdma_cm_mc_join_flags")]
-public enum rdma_cm_mc_join_flags : uint
+internal enum rdma_cm_mc_join_flags : uint
 {
     RDMA_MC_JOIN_FLAG_FULLMEMBER = 0,
     RDMA_MC_JOIN_FLAG_SENDONLY_FULLMEMBER = 1,
@@ -356,7 +356,7 @@ public enum rdma_cm_mc_join_flags : uint
 
 [NativeRecord("struct rdma_cm_join_mc_attr_ex")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct rdma_cm_join_mc_attr_ex
+internal unsafe partial struct rdma_cm_join_mc_attr_ex
 {
     [NativeTypeName("uint32_t")]
     public uint comp_mask;
@@ -368,7 +368,7 @@ public unsafe partial struct rdma_cm_join_mc_attr_ex
     public sockaddr* addr;
 }
 
-public static unsafe partial class librdmacm
+internal static unsafe partial class librdmacm
 {
     public const ulong RDMA_IB_IP_PS_MASK = 0xFFFFFFFFFFFF0000;
     public const ulong RDMA_IB_IP_PORT_MASK = 0xFFFF;

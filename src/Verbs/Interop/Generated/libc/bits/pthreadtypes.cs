@@ -16,7 +16,7 @@ namespace RdmaLease.Interop;
 /// <summary>C's <c>pthread_mutex_t</c>, opaque here: only its size (40) and alignment (8) are mirrored.</summary>
 [NativeRecord("pthread_mutex_t")]
 [StructLayout(LayoutKind.Explicit, Size = 40)]
-public partial struct pthread_mutex_t
+internal partial struct pthread_mutex_t
 {
     [FieldOffset(0)] private ulong _alignment;
 }
@@ -24,7 +24,7 @@ public partial struct pthread_mutex_t
 /// <summary>C's <c>pthread_cond_t</c>, opaque here: only its size (48) and alignment (8) are mirrored.</summary>
 [NativeRecord("pthread_cond_t")]
 [StructLayout(LayoutKind.Explicit, Size = 48)]
-public partial struct pthread_cond_t
+internal partial struct pthread_cond_t
 {
     [FieldOffset(0)] private ulong _alignment;
 }

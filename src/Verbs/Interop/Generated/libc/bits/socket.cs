@@ -15,7 +15,7 @@ namespace RdmaLease.Interop;
 
 [NativeRecord("struct sockaddr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct sockaddr
+internal unsafe partial struct sockaddr
 {
     [NativeTypeName("sa_family_t")]
     public ushort sa_family;
@@ -26,7 +26,7 @@ public unsafe partial struct sockaddr
 
 [NativeRecord("struct sockaddr_storage")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct sockaddr_storage
+internal unsafe partial struct sockaddr_storage
 {
     [NativeTypeName("sa_family_t")]
     public ushort ss_family;

@@ -15,7 +15,7 @@ namespace RdmaLease.Interop;
 
 [NativeRecord("struct in_addr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct in_addr
+internal unsafe partial struct in_addr
 {
     [NativeTypeName("in_addr_t")]
     public uint s_addr;
@@ -23,7 +23,7 @@ public unsafe partial struct in_addr
 
 [NativeRecord("struct in6_addr")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct in6_addr
+internal unsafe partial struct in6_addr
 {
     public __in6_u_union __in6_u;
 
@@ -46,7 +46,7 @@ public unsafe partial struct in6_addr
 
 [NativeRecord("struct sockaddr_in")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct sockaddr_in
+internal unsafe partial struct sockaddr_in
 {
     [NativeTypeName("sa_family_t")]
     public ushort sin_family;
@@ -63,7 +63,7 @@ public unsafe partial struct sockaddr_in
 
 [NativeRecord("struct sockaddr_in6")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct sockaddr_in6
+internal unsafe partial struct sockaddr_in6
 {
     [NativeTypeName("sa_family_t")]
     public ushort sin6_family;

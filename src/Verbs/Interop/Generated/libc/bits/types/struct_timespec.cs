@@ -15,7 +15,7 @@ namespace RdmaLease.Interop;
 
 [NativeRecord("struct timespec")]
 [StructLayout(LayoutKind.Sequential)]
-public unsafe partial struct timespec
+internal unsafe partial struct timespec
 {
     [NativeTypeName("__time_t")]
     public long tv_sec;
