@@ -37,6 +37,7 @@ usage: ./build.sh VERB [ARGS]
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository)
   bench [N]       boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000)
   bindings        regenerate src/Verbs/Interop/Generated from rdma-core's headers
+  public-api      rewrite PublicAPI.Unshipped.txt of src/Verbs and src/Leases from their public surface
   help            this text
 
 Cache: $RL_CACHE (RDMA_LEASE_CACHE to move it). Guest kernel: newest linux-image-amd64 of
@@ -74,6 +75,21 @@ setup() {
     [ -f "$RL_CACHE/rootfs-$RL_GUEST_SUITE/.complete" ] || need_root "making the guest root with debootstrap"
     rl_stage guest-root rl_make_rootfs
     rl_stage initramfs rl_make_initramfs "$abi"
+}
+
+# The projects whose public surface PublicAPI.Shipped.txt + PublicAPI.Unshipped.txt declare.
+PUBLIC_API_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj)
+
+# public_api: rewrite each PublicAPI.Unshipped.txt from the code. The file is emptied, then the
+# analyzer's own code fix for RS0016 lists every public symbol PublicAPI.Shipped.txt lacks. (Its
+# fix for RS0017, a listed symbol that is gone, also drops members of record structs that still
+# exist, so the file is rebuilt rather than patched.)
+public_api() {
+    local p
+    for p in "${PUBLIC_API_PROJECTS[@]}"; do
+        printf '#nullable enable\n' > "$RL_REPO/$(dirname "$p")/PublicAPI.Unshipped.txt"
+        rl_stage "public-api($p)" dotnet format analyzers "$RL_REPO/$p" --diagnostics RS0016
+    done
 }
 
 rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-core headers not fetched: run ./build.sh setup"; }
@@ -155,5 +171,6 @@ case $verb in
     bench) setup; build; n=${1:-20000}
         run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll interop rxelo $n" ;;
     bindings) "$RL_REPO/tools/BindingsGenerator/generate.sh" "$(rdma_headers)" ;;
+    public-api) public_api ;;
     *) usage >&2; rl_die "unknown verb '$verb'" ;;
 esac
