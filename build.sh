@@ -15,7 +15,11 @@ GUEST_TIMEOUT=${RDMA_LEASE_GUEST_TIMEOUT:-1800}
 HOST_PACKAGES=(
     "qemu-system-x86_64:qemu-system-x86" "qemu-img:qemu-utils" "debootstrap:debootstrap"
     "/bin/busybox:busybox-static" "depmod:kmod" "cpio:cpio" "xz:xz-utils" "cc:gcc"
+    # The bindings generator (./build.sh bindings, and the host test that checks the checked-in
+    # bindings are what it generates): libclang, and clang's builtin headers (stddef.h, ...), which
+    # Debian packages apart from it.
     "/usr/lib/llvm-16/lib/libclang.so.1:libclang1-16"
+    "/usr/lib/llvm-16/lib/clang/16/include/stddef.h:libclang-common-16-dev"
     # The host's own rdma-core (44): the layout tests check our bindings against its headers too.
     "/usr/include/infiniband/verbs.h:libibverbs-dev" "/usr/include/rdma/rdma_cma.h:librdmacm-dev"
 )
@@ -33,6 +37,7 @@ usage: ./build.sh VERB [ARGS]
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository)
   bench [N]       boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000)
   bindings        regenerate src/Verbs/Interop/Generated from rdma-core's headers
+  public-api      rewrite PublicAPI.Unshipped.txt of src/Verbs and src/Leases from their public surface
   help            this text
 
 Cache: $RL_CACHE (RDMA_LEASE_CACHE to move it). Guest kernel: newest linux-image-amd64 of
@@ -70,6 +75,21 @@ setup() {
     [ -f "$RL_CACHE/rootfs-$RL_GUEST_SUITE/.complete" ] || need_root "making the guest root with debootstrap"
     rl_stage guest-root rl_make_rootfs
     rl_stage initramfs rl_make_initramfs "$abi"
+}
+
+# The projects whose public surface PublicAPI.Shipped.txt + PublicAPI.Unshipped.txt declare.
+PUBLIC_API_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj)
+
+# public_api: rewrite each PublicAPI.Unshipped.txt from the code. The file is emptied, then the
+# analyzer's own code fix for RS0016 lists every public symbol PublicAPI.Shipped.txt lacks. (Its
+# fix for RS0017, a listed symbol that is gone, also drops members of record structs that still
+# exist, so the file is rebuilt rather than patched.)
+public_api() {
+    local p
+    for p in "${PUBLIC_API_PROJECTS[@]}"; do
+        printf '#nullable enable\n' > "$RL_REPO/$(dirname "$p")/PublicAPI.Unshipped.txt"
+        rl_stage "public-api($p)" dotnet format analyzers "$RL_REPO/$p" --diagnostics RS0016
+    done
 }
 
 rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-core headers not fetched: run ./build.sh setup"; }
@@ -154,5 +174,6 @@ case $verb in
     bench) setup; build; n=${1:-20000}
         run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll interop rxelo $n" ;;
     bindings) "$RL_REPO/tools/BindingsGenerator/generate.sh" "$(rdma_headers)" ;;
+    public-api) public_api ;;
     *) usage >&2; rl_die "unknown verb '$verb'" ;;
 esac

@@ -76,13 +76,15 @@ internal enum CXTypeKind
 
 internal static unsafe partial class Clang
 {
-    private const string Lib = "libclang.so.1";
+    /// <summary>The library name of the imports; Program loads the file generate.rsp names for it.</summary>
+    public const string Lib = "libclang";
 
     public const uint DetailedPreprocessingRecord = 0x01;
     public const uint SkipFunctionBodies = 0x40;
     public const int StorageClassStatic = 3;
     public const int EvalInt = 1;
 
+    [LibraryImport(Lib)] public static partial CXString clang_getClangVersion();
     [LibraryImport(Lib)] public static partial nint clang_createIndex(int excludePch, int displayDiagnostics);
     [LibraryImport(Lib)] public static partial void clang_disposeIndex(nint index);
     [LibraryImport(Lib)]

@@ -9,6 +9,10 @@ internal sealed class Options
     public string HeadersDir = "";
     public string Output = "";
     public string Namespace = "RdmaLease.Interop";
+    /// <summary>The accessibility of the top-level types (public or internal).</summary>
+    public string Accessibility = "public";
+    /// <summary>libclang's shared library (libclang.so.1 of an LLVM install).</summary>
+    public string LibClang = "";
     public readonly List<string> Headers = [];
     public readonly HashSet<string> Traverse = new(StringComparer.Ordinal);
     /// <summary>Header path prefix → (library name for LibraryImport, class holding functions and constants).</summary>
@@ -32,6 +36,11 @@ internal sealed class Options
                 case "--headers-dir": o.HeadersDir = Path.GetFullPath(Next(a)); break;
                 case "--output": o.Output = Path.GetFullPath(Next(a)); break;
                 case "--namespace": o.Namespace = Next(a); break;
+                case "--accessibility":
+                    o.Accessibility = Next(a);
+                    if (o.Accessibility is not ("public" or "internal")) throw new ArgumentException($"--accessibility {o.Accessibility}: expected public or internal");
+                    break;
+                case "--libclang": o.LibClang = Next(a); break;
                 case "--header": o.Headers.Add(Next(a)); break;
                 case "--traverse": o.Traverse.Add(Next(a)); break;
                 case "--library":
@@ -59,6 +68,7 @@ internal sealed class Options
         if (o.HeadersDir.Length == 0 || !Directory.Exists(Path.Combine(o.HeadersDir, "usr/include")))
             throw new ArgumentException($"--headers-dir must name a directory with usr/include inside (got '{o.HeadersDir}')");
         if (o.Output.Length == 0) throw new ArgumentException("--output is required");
+        if (o.LibClang.Length == 0) throw new ArgumentException("--libclang is required");
         if (o.Headers.Count == 0) throw new ArgumentException("at least one --header is required");
         return o;
     }

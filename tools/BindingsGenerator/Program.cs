@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
+using System.Text.RegularExpressions;
 using RdmaLease.BindingsGenerator;
 using static RdmaLease.BindingsGenerator.Clang;
 
@@ -10,7 +11,7 @@ try
 {
     return Run(Options.Parse(args));
 }
-catch (Exception e) when (e is ArgumentException or InvalidOperationException or NotSupportedException or IOException)
+catch (Exception e) when (e is ArgumentException or InvalidOperationException or NotSupportedException or IOException or DllNotFoundException)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 1;
@@ -19,8 +20,11 @@ catch (Exception e) when (e is ArgumentException or InvalidOperationException or
 static unsafe int Run(Options opt)
 {
     var version = VersionOf(opt.HeadersDir);
+    var (clangVersion, resourceDir) = LoadLibClang(opt.LibClang);
+    // Named in every generated file: the output depends on both, so a change of either shows in the diff.
+    var tools = $"Generator: RdmaLease.BindingsGenerator {typeof(Generator).Assembly.GetName().Version!.ToString(3)}; libclang: {clangVersion}";
     var include = Path.Combine(opt.HeadersDir, "usr/include");
-    var clangArgs = new List<string> { "-x", "c", "-std=gnu11", $"-I{include}/x86_64-linux-gnu", $"-I{include}" };
+    var clangArgs = new List<string> { "-x", "c", "-std=gnu11", $"-resource-dir={resourceDir}", $"-I{include}/x86_64-linux-gnu", $"-I{include}" };
     clangArgs.AddRange(opt.ClangArgs);
     var main = string.Concat(opt.Headers.Select(h => $"#include <{h}>\n"));
 
@@ -28,7 +32,7 @@ static unsafe int Run(Options opt)
     try
     {
         var tu = Parse(index, main, clangArgs, DetailedPreprocessingRecord | SkipFunctionBodies);
-        var gen = new Generator(opt, tu, version);
+        var gen = new Generator(opt, tu, version, tools);
         gen.Collect();
 
         // Object-like macros: let clang evaluate each one as the initializer of a probe variable;
@@ -111,6 +115,27 @@ static unsafe nint Parse(nint index, string source, List<string> args, uint opti
         return tu;
     }
     finally { foreach (var p in ptrs) Marshal.FreeCoTaskMem(p); }
+}
+
+// Loads libclang from the path generate.rsp names (no LD_LIBRARY_PATH needed) and finds clang's
+// resource directory beside it: <libdir>/clang/<major>, whose include/ holds the builtin headers
+// (stddef.h, stdint.h, ...) that glibc's headers include. Debian packages those apart from libclang
+// (libclang-common-<major>-dev), so check for them here rather than fail on "'stddef.h' file not found".
+static (string Version, string ResourceDir) LoadLibClang(string path)
+{
+    if (!File.Exists(path))
+        throw new InvalidOperationException($"libclang is missing: {path} does not exist (Debian: apt-get install libclang1-16; ./build.sh setup installs it)");
+    var handle = NativeLibrary.Load(path);
+    NativeLibrary.SetDllImportResolver(typeof(Clang).Assembly, (name, _, _) => name == Clang.Lib ? handle : 0);
+    var version = Str(clang_getClangVersion());
+    var major = Regex.Match(version, @"version (\d+)\.");
+    if (!major.Success) throw new InvalidOperationException($"cannot read the major version from libclang's '{version}'");
+    var resourceDir = Path.Combine(Path.GetDirectoryName(path)!, "clang", major.Groups[1].Value);
+    if (!File.Exists(Path.Combine(resourceDir, "include", "stddef.h")))
+        throw new InvalidOperationException(
+            $"clang's builtin headers are missing: {resourceDir}/include/stddef.h does not exist " +
+            $"(Debian: apt-get install libclang-common-{major.Groups[1].Value}-dev; ./build.sh setup installs it)");
+    return (version, resourceDir);
 }
 
 // The headers directory is named after the Debian version of libibverbs-dev (e.g. 56.1-1).

@@ -10,7 +10,7 @@ namespace RdmaLease.Interop;
 [Conditional("DEBUG")]
 [AttributeUsage(AttributeTargets.Struct | AttributeTargets.Enum | AttributeTargets.Field | AttributeTargets.Parameter | AttributeTargets.ReturnValue | AttributeTargets.Property,
     AllowMultiple = false, Inherited = false)]
-public sealed class NativeTypeNameAttribute(string name) : Attribute
+internal sealed class NativeTypeNameAttribute(string name) : Attribute
 {
     /// <summary>The C spelling of the type.</summary>
     public string Name { get; } = name;
@@ -22,7 +22,7 @@ public sealed class NativeTypeNameAttribute(string name) : Attribute
 /// it is kept in every build: the layout conformance tests read it to write their C checks.
 /// </summary>
 [AttributeUsage(AttributeTargets.Struct, AllowMultiple = false, Inherited = false)]
-public sealed class NativeRecordAttribute(string cSpelling) : Attribute
+internal sealed class NativeRecordAttribute(string cSpelling) : Attribute
 {
     /// <summary>The C spelling of the mirrored type.</summary>
     public string CSpelling { get; } = cSpelling;

@@ -22,11 +22,11 @@ internal static class LayoutChecks
     public static readonly Assembly Bindings = typeof(NativeLibraries).Assembly;
 
     public static IEnumerable<Type> Structs() => Bindings.GetTypes()
-        .Where(t => t.Namespace == "RdmaLease.Interop" && t.IsValueType && !t.IsEnum && !t.IsNested && t.IsPublic)
+        .Where(t => t.Namespace == "RdmaLease.Interop" && t.IsValueType && !t.IsEnum && !t.IsNested)
         .OrderBy(t => t.Name, StringComparer.Ordinal);
 
     public static IEnumerable<Type> Enums() => Bindings.GetTypes()
-        .Where(t => t.Namespace == "RdmaLease.Interop" && t.IsEnum && t.IsPublic)
+        .Where(t => t.Namespace == "RdmaLease.Interop" && t.IsEnum && !t.IsNested)
         .OrderBy(t => t.Name, StringComparer.Ordinal);
 
     public static IEnumerable<FieldInfo> Constants() =>
