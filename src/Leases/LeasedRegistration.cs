@@ -145,8 +145,19 @@ public static class LeasedRegistration
         if (!Enum.IsDefined(options.Mode))
             throw new ArgumentOutOfRangeException(nameof(options), options.Mode, "unknown LeasedRegistrationMode");
         DaxFile file = range.Lease.File;
+        CheckAccessAgainstFile(file, access);
         bool onDemand = UseOnDemand(pd.Device.Name, pd.Device.Attributes.Odp, file.IsDax, file.Path, access, options);
         return new LeasedMemoryRegion(pd, range, onDemand ? access | AccessFlags.OnDemand : access);
+    }
+
+    /// <summary>Refuses write access to a file mapped read-only: the device would write where the process may not.</summary>
+    internal static void CheckAccessAgainstFile(DaxFile file, AccessFlags access)
+    {
+        const AccessFlags Writes = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic;
+        if (file.Access == DaxFileAccess.Read && (access & Writes) != 0)
+            throw new ArgumentException(
+                $"'{file.Path}' is open read-only (DaxFileAccess.Read, mapped PROT_READ, under a read lease), but {access & Writes} asks for " +
+                "write access to it. Register it with AccessFlags.RemoteRead alone, or open the file with DaxFileAccess.ReadWrite.", nameof(access));
     }
 
     /// <summary>

@@ -77,4 +77,20 @@ public class LeasedRegistrationHostTests
         Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(0, 0));
         Assert.Throws<ArgumentNullException>(() => _ = new LeasedFileRange(null!, 0, 1));
     }
+
+    [TestCase(AccessFlags.LocalWrite)]
+    [TestCase(AccessFlags.LocalWrite | AccessFlags.RemoteWrite)]
+    [TestCase(AccessFlags.LocalWrite | AccessFlags.RemoteAtomic)]
+    public void WriteAccessToAReadOnlyFileIsRefusedClearly(AccessFlags access)
+    {
+        using var dir = LeaseTestSupport.CreateTempDir(Path.GetTempPath());
+        string path = dir.File("ro");
+        File.WriteAllBytes(path, new byte[4096]);
+        using var file = DaxFile.Open(path, new DaxFileOptions { Access = DaxFileAccess.Read, AllowNonDax = true });
+        var e = Assert.Throws<ArgumentException>(() => LeasedRegistration.CheckAccessAgainstFile(file, access));
+        Assert.That(e!.Message, Does.Contain("read-only").And.Contain("AccessFlags.RemoteRead alone"));
+        Assert.DoesNotThrow(() => LeasedRegistration.CheckAccessAgainstFile(file, AccessFlags.RemoteRead));
+        using var rw = DaxFile.Open(dir.File("rw"), new DaxFileOptions { Size = 4096, AllowNonDax = true });
+        Assert.DoesNotThrow(() => LeasedRegistration.CheckAccessAgainstFile(rw, access));
+    }
 }

@@ -406,6 +406,30 @@ public unsafe class SafetyInvariantGuestTests
         });
     }
 
+    /// <summary>A read-only file under a read lease is registered for remote reads; write access is refused before ibv_reg_mr.</summary>
+    [Test]
+    public void AReadOnlyFileIsRegisteredForReadsOnly()
+    {
+        using var dir = CreateTempDir("/mnt/xfs");
+        string path = dir.File("ro");
+        using (var w = OpenFile(path, "/mnt/xfs", Size))
+        {
+            FillBlocks(w.Span, InitialSeed);
+            w.Flush();
+        }
+        using var pair = Pair();
+        using var file = DaxFile.Open(path, new DaxFileOptions { Access = DaxFileAccess.Read });
+        using var lease = file.AcquireLease();
+        Assert.That(lease.Type, Is.EqualTo(LeaseType.Read));
+        var e = Assert.Throws<ArgumentException>(() => pair.PdB.Register(lease, RemoteWritable));
+        Assert.That(e!.Message, Does.Contain("read-only"));
+        using var mr = pair.PdB.Register(lease, AccessFlags.RemoteRead);
+        using var sink = pair.PdA.AllocateBuffer(Block, AccessFlags.LocalWrite);
+        pair.A.PostRead(5, sink.Slice(0, Block), mr.ToRemote(), 2 * Block);
+        Assert.That(RcPair.WaitOne(pair.CqA).Status, Is.EqualTo(WorkCompletionStatus.Success));
+        Assert.That(Classify(sink.Span), Is.EqualTo("initial"), "a peer reads the file through the read-only region");
+    }
+
     /// <summary>The after-suite gate's own view can fail: it lists a live registration, and not once it is gone.</summary>
     [Test]
     public void TheLeakGateSeesALiveRegistration()
