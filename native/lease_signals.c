@@ -85,13 +85,18 @@ static void write_record(int32_t fd, int32_t code)
 // from then on no ODP access through any region over it reaches the file, however long managed code takes (JIT, GC,
 // a stuck thread) to deregister and give the lease back. The state machine keeps the handler from ever touching a
 // range after it was disarmed: disarm waits for a handler that is mid-revocation, then frees the slot.
+// The state word is (generation << 3) | state: a slot disarmed and re-armed for another lease between the handler's
+// look and its compare-and-swap has another generation, so the handler's CAS fails (no ABA).
 enum { GUARD_FREE = 0, GUARD_SETUP = 1, GUARD_ARMED = 2, GUARD_REVOKING = 3, GUARD_REVOKED = 4 };
+#define GUARD_STATE(word) ((word) & 7)
+#define GUARD_WITH(word, state) (((word) & ~7) | (state))
 struct guard_slot {
     _Atomic int state;
     int fd;
     int held;                 // RL_F_RDLCK / RL_F_WRLCK
     int delegation;
-    void* address;
+    void* address;            // the mapping regions are registered over: PROT_NONE placeholder on a break
+    void* scratch;            // the application's mapping of the same file (may be NULL): read-write scratch on a break
     size_t length;
 };
 static struct guard_slot s_guards[RL_GUARD_SLOTS];
@@ -112,22 +117,30 @@ static void guard_on_signal(int fd)
     int high = atomic_load_explicit(&s_guard_high, memory_order_acquire);
     for (int i = 0; i < high; i++) {
         struct guard_slot* g = &s_guards[i];
-        if (atomic_load_explicit(&g->state, memory_order_acquire) != GUARD_ARMED || g->fd != fd)
+        int word = atomic_load_explicit(&g->state, memory_order_acquire);
+        if (GUARD_STATE(word) != GUARD_ARMED || g->fd != fd)
             continue;
+        void* address = g->address;
+        size_t length = g->length;
+        void* scratch = g->scratch;
         int pending = pending_type(fd, g->delegation);
         if (pending < 0 || pending == g->held)
             continue;                              // intact (a spurious signal) or not ours to judge
-        int expected = GUARD_ARMED;
-        if (!atomic_compare_exchange_strong(&g->state, &expected, GUARD_REVOKING))
-            continue;                              // disarmed meanwhile
-        if (mmap(g->address, g->length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
-            mprotect(g->address, g->length, PROT_NONE);
+        int expected = word;
+        if (!atomic_compare_exchange_strong(&g->state, &expected, GUARD_WITH(word, GUARD_REVOKING)))
+            continue;                              // disarmed (and maybe re-armed: another generation) meanwhile
+        if (mmap(address, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+            mprotect(address, length, PROT_NONE);
+        // The application's view of the file: readable, writable scratch, so a store through a span taken before the
+        // break lands there instead of faulting the process.
+        if (scratch != NULL)
+            mmap(scratch, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
         atomic_fetch_add(&s_guard_revocations, 1);
-        atomic_store_explicit(&g->state, GUARD_REVOKED, memory_order_release);
+        atomic_store_explicit(&g->state, GUARD_WITH(word, GUARD_REVOKED), memory_order_release);
     }
 }
 
-int32_t RdmaLeaseNative_LeaseGuardArm(int32_t fd, void* address, uint64_t length, int32_t heldType, int32_t delegation)
+int32_t RdmaLeaseNative_LeaseGuardArm(int32_t fd, void* address, void* scratch, uint64_t length, int32_t heldType, int32_t delegation)
 {
     if (fd < 0 || address == NULL || length == 0 || (heldType != RL_F_RDLCK && heldType != RL_F_WRLCK)) {
         errno = EINVAL;
@@ -135,18 +148,22 @@ int32_t RdmaLeaseNative_LeaseGuardArm(int32_t fd, void* address, uint64_t length
     }
     for (int i = 0; i < RL_GUARD_SLOTS; i++) {
         struct guard_slot* g = &s_guards[i];
-        int expected = GUARD_FREE;
-        if (!atomic_compare_exchange_strong(&g->state, &expected, GUARD_SETUP))
+        int word = atomic_load(&g->state);
+        if (GUARD_STATE(word) != GUARD_FREE)
+            continue;
+        int next = GUARD_WITH(word + 8, GUARD_SETUP);   // a new generation
+        if (!atomic_compare_exchange_strong(&g->state, &word, next))
             continue;
         g->fd = fd;
         g->held = heldType;
         g->delegation = delegation != 0;
         g->address = address;
+        g->scratch = scratch;
         g->length = (size_t)length;
         int high = atomic_load(&s_guard_high);
         while (high < i + 1 && !atomic_compare_exchange_weak(&s_guard_high, &high, i + 1)) {
         }
-        atomic_store_explicit(&g->state, GUARD_ARMED, memory_order_release);
+        atomic_store_explicit(&g->state, GUARD_WITH(next, GUARD_ARMED), memory_order_release);
         return i;
     }
     errno = ENOSPC;
@@ -160,22 +177,35 @@ int32_t RdmaLeaseNative_LeaseGuardDisarm(int32_t fd, const void* address)
     for (int i = 0; i < high; i++) {
         struct guard_slot* g = &s_guards[i];
         for (;;) {
-            int state = atomic_load_explicit(&g->state, memory_order_acquire);
+            int word = atomic_load_explicit(&g->state, memory_order_acquire);
+            int state = GUARD_STATE(word);
             if (state != GUARD_ARMED && state != GUARD_REVOKING && state != GUARD_REVOKED)
                 break;
-            if (!((fd >= 0 && g->fd == fd) || (address != NULL && g->address == address)))
+            if (!((fd >= 0 && g->fd == fd) || (address != NULL && (g->address == address || g->scratch == address))))
                 break;
             if (state == GUARD_REVOKING) {
                 sched_yield();                     // a handler is replacing the mapping: it finishes in microseconds
                 continue;
             }
-            if (atomic_compare_exchange_strong(&g->state, &state, GUARD_FREE)) {
+            if (atomic_compare_exchange_strong(&g->state, &word, GUARD_WITH(word, GUARD_FREE))) {
                 revoked |= state == GUARD_REVOKED;
                 break;
             }
         }
     }
     return revoked;
+}
+
+int32_t RdmaLeaseNative_LeaseGuardIsRevoked(const void* address)
+{
+    int high = atomic_load_explicit(&s_guard_high, memory_order_acquire);
+    for (int i = 0; i < high; i++) {
+        struct guard_slot* g = &s_guards[i];
+        int state = GUARD_STATE(atomic_load_explicit(&g->state, memory_order_acquire));
+        if ((state == GUARD_REVOKING || state == GUARD_REVOKED) && g->address == address)
+            return 1;
+    }
+    return 0;
 }
 
 int64_t RdmaLeaseNative_LeaseGuardRevocations(void)
@@ -310,13 +340,15 @@ out:
     return result;
 }
 
-// Puts our handler back for one slot when someone replaced it. Returns 1 if restored, 0 if it was ours, -1 on error.
+// Puts our handler back for one slot when someone reset it to SIG_DFL or SIG_IGN. Returns 1 if restored, 0 if it
+// is ours or a foreign handler (left alone: it may chain to ours, and chaining it behind ours again would make the two
+// call each other for ever; breaks it swallows are found by the managed rescan), -1 on error.
 static int verify_slot(struct handled_signal* slot)
 {
     struct sigaction current;
     if (sigaction(slot->signo, NULL, &current) != 0)
         return -1;
-    if (is_ours(&current))
+    if (is_ours(&current) || is_foreign_handler(&current))
         return 0;
     return install_slot(slot, slot->signo, &current) == 0 ? 1 : -1;
 }

@@ -52,10 +52,11 @@ typedef struct RdmaLeaseSignalRecord {
 RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalInstall(int32_t signo, int32_t flags, int64_t owner, int32_t* chainedPrevious);
 
 /**
- * Checks that the handlers for the lease signal and SIGIO are still ours; one that another component replaced is
- * put back, with the replacement chained when it is a handler (reset to SIG_DFL/SIG_IGN: not chained). Returns
- * a mask of RL_RESTORED_LEASE_SIGNAL / RL_RESTORED_SIGIO for what was restored (0: all intact), or -1 with errno
- * set (ENOENT: not installed; sigaction errors).
+ * Checks the handlers for the lease signal and SIGIO: one that was reset to SIG_DFL or SIG_IGN is put back. A
+ * handler another component installed over ours is left alone (it may chain to ours; putting ours in front of it
+ * again could make the two call each other without end). Returns a mask of RL_RESTORED_LEASE_SIGNAL /
+ * RL_RESTORED_SIGIO for what was restored (0: nothing to restore), or -1 with errno set (ENOENT: not installed;
+ * sigaction errors).
  */
 RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalVerify(void);
 
@@ -65,14 +66,19 @@ RL_EXPORT int32_t RdmaLeaseNative_LeaseSignalVerify(void);
 /**
  * Arms the mapping guard for a leased file: when a lease-break signal (si_code POLL_MSG) names `fd` and
  * F_GETLEASE/F_GETDELEG (`delegation`) no longer reports `heldType`, the signal handler itself replaces
- * [address, address + length) with an anonymous PROT_NONE placeholder (MAP_FIXED; mprotect PROT_NONE if that
- * fails), before anything else runs. Returns the slot number, or -1 with errno set (EINVAL; ENOSPC: all
- * RL_GUARD_SLOTS in use). The caller must disarm before it unmaps the range or closes the descriptor.
+ * [address, address + length) — the mapping memory regions are registered over — with an anonymous PROT_NONE
+ * placeholder (MAP_FIXED; mprotect PROT_NONE if that fails), and [scratch, scratch + length) — the application's
+ * mapping of the same file, if not NULL — with anonymous read-write memory, before anything else runs. Returns
+ * the slot number, or -1 with errno set (EINVAL; ENOSPC: all RL_GUARD_SLOTS in use). The caller must disarm
+ * before it unmaps either range or closes the descriptor.
  */
-RL_EXPORT int32_t RdmaLeaseNative_LeaseGuardArm(int32_t fd, void* address, uint64_t length, int32_t heldType, int32_t delegation);
+RL_EXPORT int32_t RdmaLeaseNative_LeaseGuardArm(int32_t fd, void* address, void* scratch, uint64_t length, int32_t heldType, int32_t delegation);
+
+/** 1 when the guard armed over `address` has replaced (or is replacing) the mapping, else 0. Never sets errno. */
+RL_EXPORT int32_t RdmaLeaseNative_LeaseGuardIsRevoked(const void* address);
 
 /**
- * Disarms every guard on `fd` (if >= 0) or on `address` (if not NULL), waiting for a handler that is replacing
+ * Disarms every guard on `fd` (if >= 0) or whose mapping or scratch is `address` (if not NULL), waiting for a handler that is replacing
  * the mapping at that moment. Returns 1 if a handler had replaced the mapping of a disarmed guard, else 0.
  * Afterwards no handler touches those ranges. Never sets errno.
  */

@@ -13,8 +13,9 @@ namespace RdmaLease.Leases;
 /// A file mapped MAP_SHARED into this process, normally on FS-DAX (the mapping then reaches persistent memory
 /// directly and is MAP_SYNC, so CPU stores are durable once their cache lines are written back with
 /// <see cref="Flush(long, long)"/>). The mapping is exposed as <see cref="Span"/>/<see cref="Memory"/> and as a raw
-/// <see cref="BaseAddress"/>/<see cref="Length"/> for memory registration. Take a <see cref="FileLease"/> with
-/// <see cref="AcquireLease"/> before handing the memory to an RDMA device.
+/// <see cref="BaseAddress"/>/<see cref="Length"/>. To hand the file to an RDMA device, take a <see cref="FileLease"/> with
+/// <see cref="AcquireLease"/> and register through it (<c>pd.Register(lease, access)</c>); registering the mapping's
+/// address directly is refused, since such a region would not be tied to the lease.
 /// </summary>
 /// <example>
 /// <code>
@@ -42,8 +43,14 @@ public sealed unsafe class DaxFile : IDisposable
     // (a region's handle depends on them): neither is closed or unmapped while a region might still exist, in
     // whatever order Dispose, a lease break or the finalizers run.
     private readonly DescriptorHandle _fd;
+    // Two mappings of the same file: the application's view (Span, Memory, BaseAddress, Flush) and the one memory
+    // regions are registered over. On a break the first becomes read-write scratch (a store through a span taken
+    // earlier lands there instead of killing the process), the second an inaccessible placeholder (a stale key's
+    // access faults and the peer gets an error). Raw registration over either is refused (ProtectedMappings).
     private readonly MappingHandle _mapping;
     private readonly byte* _address;
+    private readonly MappingHandle _registrationMapping;
+    private readonly byte* _registrationAddress;
     private readonly DaxMemoryManager _memory;
     private readonly List<MemoryRegion> _regions = [];   // registered over the mapping, until confirmed deregistered
     private bool _revoked;
@@ -51,14 +58,16 @@ public sealed unsafe class DaxFile : IDisposable
     private bool _guarded;                               // the native mapping guard is armed for the current lease
     private FileLease? _lease;                           // from Attach until the lease is fully given back
 
-    private DaxFile(string path, DaxFileAccess access, int fd, byte* address, long length, bool isDax, bool isMapSync,
+    private DaxFile(string path, DaxFileAccess access, int fd, byte* address, byte* registrationAddress, long length, bool isDax, bool isMapSync,
         uint devMajor, uint devMinor, ulong inode, bool created)
     {
         Path = path;
         Access = access;
         _fd = new DescriptorHandle(fd);
-        _mapping = new MappingHandle(address, length);
+        _mapping = new MappingHandle(address, length, path);
         _address = address;
+        _registrationMapping = new MappingHandle(registrationAddress, length, path);
+        _registrationAddress = registrationAddress;
         Length = length;
         IsDax = isDax;
         IsMapSync = isMapSync;
@@ -115,7 +124,7 @@ public sealed unsafe class DaxFile : IDisposable
         get
         {
             lock (_gate)
-                return !_revoked && !_mapping.IsClosed;
+                return !RevokedLocked() && !_mapping.IsClosed;
         }
     }
 
@@ -129,7 +138,11 @@ public sealed unsafe class DaxFile : IDisposable
         }
     }
 
-    /// <summary>The start of the mapping, for memory registration. Throws once the mapping is revoked or disposed.</summary>
+    /// <summary>
+    /// The start of the mapping, for CPU access. Throws once the mapping is revoked or disposed. To register the file for
+    /// RDMA use <c>pd.Register(lease, access)</c>: the registration then lives only while the lease does (registering
+    /// this address with <c>ProtectionDomain.Register</c> is refused).
+    /// </summary>
     public byte* BaseAddress
     {
         get
@@ -240,14 +253,22 @@ public sealed unsafe class DaxFile : IDisposable
             void* address = mmap(null, SizeT(length), prot, mapFlags, fd, 0);
             if (address == MAP_FAILED)
                 throw UnixIOException.Last($"mmap '{path}' ({length} bytes, {(mapSync ? "MAP_SHARED_VALIDATE|MAP_SYNC" : "MAP_SHARED")})");
+            void* registration = mmap(null, SizeT(length), prot, mapFlags, fd, 0);
+            if (registration == MAP_FAILED)
+            {
+                var e = UnixIOException.Last($"mmap '{path}' a second time, for memory registration ({length} bytes)");
+                _ = munmap(address, SizeT(length));
+                throw e;
+            }
             try
             {
-                return new DaxFile(path, options.Access, fd, (byte*)address, length, isDax, mapSync,
+                return new DaxFile(path, options.Access, fd, (byte*)address, (byte*)registration, length, isDax, mapSync,
                     stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino, created);
             }
             catch
             {
                 _ = munmap(address, SizeT(length));
+                _ = munmap(registration, SizeT(length));
                 throw;
             }
         }
@@ -322,8 +343,9 @@ public sealed unsafe class DaxFile : IDisposable
             if (HasUnconfirmedRegionsLocked())
                 RevokeMappingLocked();
         }
-        _mapping.Dispose();     // munmap, once no region depends on the mapping any more
-        _fd.Dispose();          // close, likewise
+        _mapping.Dispose();
+        _registrationMapping.Dispose();   // munmap, once no region depends on the mapping any more
+        _fd.Dispose();                    // close, likewise
         GC.SuppressFinalize(this);
     }
 
@@ -332,8 +354,21 @@ public sealed unsafe class DaxFile : IDisposable
     /// <summary>Held for a whole lease acquisition; Dispose waits for it.</summary>
     internal Lock AcquisitionGate => _acquisition;
 
-    /// <summary>The handles a region over the mapping must keep alive: the mapping and the descriptor.</summary>
-    internal (SafeHandle Mapping, SafeHandle Descriptor) MemoryOwners => (_mapping, _fd);
+    /// <summary>The handles a region over the mapping must keep alive: the registration mapping and the descriptor.</summary>
+    internal (SafeHandle Mapping, SafeHandle Descriptor) MemoryOwners => (_registrationMapping, _fd);
+
+    /// <summary>The start of the mapping memory regions are registered over. Throws once revoked or disposed.</summary>
+    internal byte* RegistrationAddress
+    {
+        get
+        {
+            lock (_gate)
+            {
+                ThrowIfUnusable();
+                return _registrationAddress;
+            }
+        }
+    }
 
     /// <summary>
     /// Makes <paramref name="lease"/> the file's lease. Waits (up to <paramref name="timeout"/>) for a previous lease that
@@ -405,7 +440,7 @@ public sealed unsafe class DaxFile : IDisposable
         {
             if (_guarded || _revoked || _mapping.IsClosed)
                 return;
-            int slot = Interop.LeaseGuard.Arm((int)_fd.DangerousGetHandle(), _address, (ulong)Length,
+            int slot = Interop.LeaseGuard.Arm((int)_fd.DangerousGetHandle(), _registrationAddress, _address, (ulong)Length,
                 type == LeaseType.Read ? LibC.F_RDLCK : LibC.F_WRLCK, delegation ? 1 : 0);
             if (slot < 0)
             {
@@ -416,16 +451,18 @@ public sealed unsafe class DaxFile : IDisposable
         }
     }
 
-    /// <summary>Disarms the guard before the lease is given back; notes a revocation the signal handler made.</summary>
-    internal void DisarmGuard()
+    /// <summary>Disarms the guard before the lease is given back; true when the signal handler had revoked the mapping.</summary>
+    internal bool DisarmGuard()
     {
         lock (_gate)
         {
             if (!_guarded)
-                return;
+                return false;
             _guarded = false;
-            if (Interop.LeaseGuard.Disarm((int)_fd.DangerousGetHandle(), _address) != 0)
-                _revoked = true;
+            if (Interop.LeaseGuard.Disarm((int)_fd.DangerousGetHandle(), _registrationAddress) == 0)
+                return false;
+            _revoked = true;
+            return true;
         }
     }
 
@@ -487,25 +524,40 @@ public sealed unsafe class DaxFile : IDisposable
     {
         if (_revoked || _mapping.IsClosed)
             return;
-        void* r = mmap(_address, SizeT(Length), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-        if (r == MAP_FAILED)
-        {
-            int mmapErrno = errno;
-            // Out of memory for a new mapping: at least take every access right away from the file's (same effect on
-            // devices: the ODP fault path checks the VMA's protection). Never unmap: the range must stay reserved.
-            if (mprotect(_address, SizeT(Length), PROT_NONE) != 0)
-                throw UnixIOException.Last($"revoking the mapping of '{Path}' (mmap PROT_NONE placeholder failed with errno {mmapErrno}, then mprotect PROT_NONE)");
-        }
+        ReplaceWithPlaceholder(_registrationAddress, PROT_NONE);
+        ReplaceWithPlaceholder(_address, PROT_READ | PROT_WRITE);
         _revoked = true;
     }
 
+    /// <summary>
+    /// MAP_FIXED anonymous memory over one of the file's mappings (never munmap: the range must stay reserved). Out of
+    /// memory for a new mapping: at least take every access away from the file's.
+    /// </summary>
+    private void ReplaceWithPlaceholder(byte* at, int protection)
+    {
+        void* r = mmap(at, SizeT(Length), protection, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        if (r != MAP_FAILED)
+            return;
+        int mmapErrno = errno;
+        if (mprotect(at, SizeT(Length), PROT_NONE) != 0)
+            throw UnixIOException.Last($"revoking the mapping of '{Path}' (mmap placeholder failed with errno {mmapErrno}, then mprotect PROT_NONE)");
+    }
+
     private static size_t SizeT(long value) => (size_t)(ulong)value;
+
+    /// <summary>Revoked by the managed teardown, or already by the signal handler (the guard is asked).</summary>
+    private bool RevokedLocked()
+    {
+        if (!_revoked && _guarded && Interop.LeaseGuard.IsRevoked(_registrationAddress) != 0)
+            _revoked = true;
+        return _revoked;
+    }
 
     private void ThrowIfUnusable()
     {
         // (callers hold _gate)
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_revoked)
+        if (RevokedLocked())
             throw new InvalidOperationException($"the mapping of '{Path}' was revoked because its lease was broken; open the file again");
     }
 
@@ -553,16 +605,20 @@ public sealed unsafe class DaxFile : IDisposable
         }
     }
 
-    /// <summary>The mapping's address range: unmapped when released (after every region that depends on it).</summary>
+    /// <summary>
+    /// A mapping's address range: unmapped when released (after every region that depends on it). While it exists, the
+    /// range is refused to raw registration (ProtectedMappings).
+    /// </summary>
     private sealed class MappingHandle : SafeHandle
     {
         private readonly long _length;
 
-        public MappingHandle(void* address, long length)
+        public MappingHandle(void* address, long length, string path)
             : base(0, ownsHandle: true)
         {
             _length = length;
             SetHandle((nint)address);
+            ProtectedMappings.Add((nint)address, (nuint)length, path);
         }
 
         public override bool IsInvalid => handle == 0;
@@ -570,6 +626,7 @@ public sealed unsafe class DaxFile : IDisposable
         protected override bool ReleaseHandle()
         {
             _ = Interop.LeaseGuard.Disarm(-1, (void*)handle);   // no handler may map over the range once it can be reused
+            ProtectedMappings.Remove((nint)handle);
             return munmap((void*)handle, SizeT(_length)) == 0;
         }
     }

@@ -56,14 +56,39 @@ public sealed class FileLease : IDisposable
         Type = type;
         DelegationUnavailableReason = whyNotDelegation;
         AcquiredTimestamp = Stopwatch.GetTimestamp();
-        BreakTime = LeaseBreakTime;
     }
 
     /// <summary>Test hook: every break's managed teardown starts this much later (as after a long pause or a stuck thread).</summary>
     internal static TimeSpan InjectedBreakDelay { get; set; }
 
-    /// <summary>/proc/sys/fs/lease-break-time when the lease was taken: the kernel's deadline for giving it back.</summary>
-    internal TimeSpan BreakTime { get; }
+    private static long s_breakTimeTicks = -1;
+    private int _breakQueued;
+
+    /// <summary>
+    /// /proc/sys/fs/lease-break-time as last read (at the first lease, then by the watcher every
+    /// <see cref="LeaseSignals.RescanInterval"/>): the kernel's deadline for giving a broken lease back.
+    /// </summary>
+    internal static TimeSpan BreakTime
+    {
+        get
+        {
+            long ticks = Interlocked.Read(ref s_breakTimeTicks);
+            if (ticks < 0)
+                ticks = RefreshLeaseBreakTime().Ticks;
+            return TimeSpan.FromTicks(ticks);
+        }
+    }
+
+    /// <summary>Re-reads lease-break-time (the kernel applies the value current when a break starts).</summary>
+    internal static TimeSpan RefreshLeaseBreakTime()
+    {
+        TimeSpan t = LeaseBreakTime;
+        Interlocked.Exchange(ref s_breakTimeTicks, t.Ticks);
+        return t;
+    }
+
+    /// <summary>True the first time only: the break is queued for a worker once.</summary>
+    internal bool TryMarkBreakQueued() => Interlocked.Exchange(ref _breakQueued, 1) == 0;
 
     /// <summary>The leased file.</summary>
     public DaxFile File { get; }
@@ -354,6 +379,9 @@ public sealed class FileLease : IDisposable
                 mine = true;
                 _state = Ending;
                 _endingThread = Environment.CurrentManagedThreadId;
+                // A release that beats the break's signal to it is still a break: report it as one.
+                if (breakSignal == 0 && KernelBreakPending(out int pending))
+                    (breakSignal, observed, pendingType) = (Stopwatch.GetTimestamp(), Stopwatch.GetTimestamp(), pending);
                 if (breakSignal != 0)
                     Interlocked.Exchange(ref _signalTimestamp, breakSignal);
                 dependents = [.. _dependents];
@@ -397,7 +425,15 @@ public sealed class FileLease : IDisposable
                 File.RevokeMapping();
         });
         // 4. Release: lets the breaking process continue. The guard first: no handler acts on the file once it is given back.
-        Step(errors, File.DisarmGuard);
+        bool revokedBySignal = false;
+        Step(errors, () => revokedBySignal = File.DisarmGuard());
+        if (revokedBySignal && breakSignal == 0)
+        {
+            // The break's signal came while this release was running: the handler cut the mapping; report the break.
+            breakSignal = observed = Stopwatch.GetTimestamp();
+            pendingType = LibC.F_UNLCK;
+            Interlocked.Exchange(ref _signalTimestamp, breakSignal);
+        }
         File.ReleaseKernelLease(Mechanism == LeaseMechanism.Delegation);
         long released = Stopwatch.GetTimestamp();
         Interlocked.Exchange(ref _releasedTimestamp, released);

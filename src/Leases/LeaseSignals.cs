@@ -48,8 +48,10 @@ public static class LeaseSignals
     /// <summary>How often the watcher re-checks the handlers and every lease with the kernel when no signal arrives.</summary>
     public static TimeSpan RescanInterval { get; } = TimeSpan.FromMilliseconds(250);
 
-    /// <summary>Dedicated threads that tear leases down after a break.</summary>
+    /// <summary>Break workers started with the watcher; one more is started whenever a break finds every worker busy.</summary>
     internal static int BreakWorkerCount { get; } = Math.Max(4, Environment.ProcessorCount);
+
+    private static int s_workers, s_idleWorkers;
 
     /// <summary>The signal the kernel sends on a lease break (F_SETSIG): the chosen one, else SIGRTMIN+5.</summary>
     public static int SignalNumber
@@ -125,7 +127,7 @@ public static class LeaseSignals
             s_chained = chained != 0;
             s_installed = true;
             for (int i = 0; i < BreakWorkerCount; i++)
-                new Thread(BreakWorker) { IsBackground = true, Name = $"rdma-lease break {i}" }.Start();
+                StartBreakWorker();
             s_watcher = new Thread(Watch) { IsBackground = true, Name = "rdma-lease signals" };
             s_watcher.Start();
             // Off the watcher: a break arriving meanwhile is handled at once (compiling what it needs itself).
@@ -164,12 +166,29 @@ public static class LeaseSignals
     internal static void Unregister(FileLease lease) =>
         s_leases.TryRemove(new KeyValuePair<int, FileLease>(lease.FileDescriptor, lease));
 
-    /// <summary>Hands a confirmed break to a break worker.</summary>
+    /// <summary>
+    /// Hands a confirmed break to a break worker, once per lease (a rescan finding it again while it waits is ignored). If
+    /// every worker is busy (slow teardowns elsewhere), another is started: one lease's teardown never waits for another's.
+    /// </summary>
     internal static void Dispatch(FileLease lease, long timestamp, int code)
     {
+        if (!lease.TryMarkBreakQueued())
+            return;
         s_breaks.Enqueue((lease, timestamp, code));
+        if (Volatile.Read(ref s_idleWorkers) < s_breaks.Count)
+            StartBreakWorker();
         s_breaksReady.Release();
     }
+
+    private static void StartBreakWorker()
+    {
+        int n = Interlocked.Increment(ref s_workers);
+        Interlocked.Increment(ref s_idleWorkers);
+        new Thread(BreakWorker) { IsBackground = true, Name = $"rdma-lease break {n - 1}" }.Start();
+    }
+
+    /// <summary>Break worker threads started so far.</summary>
+    internal static int BreakWorkers => Volatile.Read(ref s_workers);
 
     /// <summary>Converts a CLOCK_MONOTONIC reading to a <see cref="Stopwatch"/> timestamp (the same clock on Linux).</summary>
     internal static long MonotonicNsToStopwatch(long ns) =>
@@ -252,6 +271,7 @@ public static class LeaseSignals
             if (n == 0 || now >= nextCheck)
             {
                 nextCheck = now + (long)(RescanInterval.TotalSeconds * Stopwatch.Frequency);
+                FileLease.RefreshLeaseBreakTime();
                 Verify();
                 rescan = true;
             }
@@ -267,6 +287,7 @@ public static class LeaseSignals
             s_breaksReady.Wait();
             if (!s_breaks.TryDequeue(out var work))
                 continue;
+            Interlocked.Decrement(ref s_idleWorkers);
             try
             {
                 work.Lease.OnBreak(work.Timestamp, work.Code);
@@ -274,6 +295,10 @@ public static class LeaseSignals
             catch (Exception e)
             {
                 Trace.TraceError($"rdma-lease: handling the break of {work.Lease} failed: {e}");
+            }
+            finally
+            {
+                Interlocked.Increment(ref s_idleWorkers);
             }
         }
     }

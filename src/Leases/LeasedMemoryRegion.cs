@@ -52,12 +52,12 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
             }
             catch (InvalidOperationException)
             {
-                throw new LeaseRevokedException(range.Lease, range.Lease.WasBroken);
+                throw LeaseRevokedException.ForRegistration(range.Lease);
             }
             try
             {
                 DaxFile file = range.Lease.File;
-                byte* address = file.BaseAddress + range.Offset;   // throws if the mapping is already revoked
+                byte* address = file.RegistrationAddress + range.Offset;   // throws if the mapping is already revoked
                 var (mapping, descriptor) = file.MemoryOwners;
                 // The region keeps the mapping and the descriptor alive: neither is unmapped or closed before the
                 // kernel confirmed the region gone, whatever happens to this object or the file.
@@ -189,7 +189,7 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
             _queuePairs.Clear();
             if (_region.Revocation is null)
                 _region.Revoke(new ObjectDisposedException(ToString()));
-            long waitUntil = Stopwatch.GetTimestamp() + (long)(Lease.BreakTime.TotalSeconds / 2 * Stopwatch.Frequency);
+            long waitUntil = Stopwatch.GetTimestamp() + (long)(FileLease.BreakTime.TotalSeconds / 2 * Stopwatch.Frequency);
             DeregisterLocked(waitUntil, errors);
         }
         if (errors.Count > 0)

@@ -33,8 +33,9 @@ public readonly record struct LeasedFileRange
 public enum LeasedRegistrationMode
 {
     /// <summary>
-    /// On-Demand Paging when the device supports it for the operations the access needs; otherwise, on a non-DAX file
-    /// only, a pinned registration. FS-DAX without ODP is refused (<see cref="OdpUnavailableException"/>).
+    /// On-Demand Paging when the device supports it for the operations the access needs; otherwise refused
+    /// (<see cref="OdpUnavailableException"/>). Never pins: a pinned region has a weaker guarantee (see
+    /// <see cref="Pinned"/>), so it must be asked for.
     /// </summary>
     Auto,
 
@@ -43,7 +44,12 @@ public enum LeasedRegistrationMode
 
     /// <summary>
     /// Always pinned (still torn down when the lease ends). The kernel refuses to pin an FS-DAX mapping (EOPNOTSUPP,
-    /// a <see cref="VerbsException"/>); useful for non-DAX files on devices without ODP.
+    /// a <see cref="VerbsException"/>); useful for non-DAX files on devices without ODP. The weaker guarantee: an ODP
+    /// region is cut off from the file by the signal handler at the moment of the break, but a pinned region keeps its
+    /// pages until its teardown deregisters it, so if the process cannot finish the teardown within lease-break-time
+    /// (stopped, stalled), the kernel takes the lease back and a peer's write with the old key can still complete with
+    /// Success into pages that are no longer the file's (the file itself is never reached). A failed deregistration
+    /// quarantines the protection domain; <see cref="LeaseDiagnostics.DeadlineMisses"/> counts missed deadlines.
     /// </summary>
     Pinned,
 }
@@ -89,6 +95,20 @@ public sealed class OdpUnavailableException : NotSupportedException
 /// </summary>
 public sealed class LeaseRevokedException : InvalidOperationException
 {
+    internal LeaseRevokedException(FileLease lease, bool broken, string message)
+        : base(message)
+    {
+        Lease = lease;
+        Path = lease.File.Path;
+        WasBroken = broken;
+    }
+
+    /// <summary>A registration asked for on a lease that has already ended.</summary>
+    internal static LeaseRevokedException ForRegistration(FileLease lease) =>
+        new(lease, lease.WasBroken, lease.WasBroken
+            ? $"cannot register '{lease.File.Path}': its {lease.Mechanism.ToString().ToLowerInvariant()} was broken by another process and the mapping revoked. Open the file again, take a new lease with DaxFile.AcquireLease and register through it."
+            : $"cannot register '{lease.File.Path}': its {lease.Mechanism.ToString().ToLowerInvariant()} was already released. Take a new lease with DaxFile.AcquireLease and register through it.");
+
     internal LeaseRevokedException(FileLease lease, bool broken)
         : base(broken
             ? $"the memory region over '{lease.File.Path}' was revoked and deregistered: its {lease.Mechanism.ToString().ToLowerInvariant()} was broken by another process (truncate, open, hole punch, unlink...). Take a new lease and register again."
@@ -128,7 +148,7 @@ public static class LeasedRegistration
     /// <remarks>
     /// ODP (<see cref="AccessFlags.OnDemand"/>) is used when the device supports it, on RC, for every operation the
     /// access needs (<see cref="RequiredOdpCapabilities"/>); FS-DAX mappings cannot be pinned, so there ODP is required.
-    /// A non-DAX file (opened with <see cref="DaxFileOptions.AllowNonDax"/>) is pinned when ODP is missing.
+    /// A non-DAX file (opened with <see cref="DaxFileOptions.AllowNonDax"/>) is pinned only with <see cref="LeasedRegistrationMode.Pinned"/> (a weaker guarantee: see there).
     /// </remarks>
     /// <exception cref="ArgumentException">Access flags this method sets itself (OnDemand), or a PD of another device than expected.</exception>
     /// <exception cref="LeaseRevokedException">The lease has already ended.</exception>
@@ -188,14 +208,15 @@ public static class LeasedRegistration
         OdpTransportCaps missing = odp.Supported ? required & ~supported : required;
         if (odp.Supported && missing == OdpTransportCaps.None)
             return true;
-        if (options.Mode == LeasedRegistrationMode.Auto && !isDax)
-            return false;   // ordinary page-cache file: pinning works, and the lease still bounds it
         string why = odp.Supported
             ? $"device {deviceName} supports On-Demand Paging on RC only for {supported}, not for {missing} (needed by {access} / {options.AdditionalOdpCapabilities})"
             : $"device {deviceName} has no On-Demand Paging support";
         string what = isDax
             ? $"'{path}' is on FS-DAX, whose pages the kernel refuses to pin for RDMA (ibv_reg_mr fails with EOPNOTSUPP), so it can only be registered with ODP"
-            : "LeasedRegistrationMode.OnDemand was asked for";
+            : options.Mode == LeasedRegistrationMode.OnDemand
+                ? "LeasedRegistrationMode.OnDemand was asked for"
+                : "LeasedRegistrationMode.Auto registers with ODP only. This non-DAX file could be pinned with LeasedRegistrationMode.Pinned, " +
+                  "at the cost of a weaker guarantee: a pinned region stays reachable if the process misses the kernel's lease-break deadline";
         throw new OdpUnavailableException($"cannot register '{path}': {what}, and {why}. Use a device with ODP (e.g. rxe on Linux 6.x, mlx5).", required, supported);
     }
 }

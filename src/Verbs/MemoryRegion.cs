@@ -105,6 +105,8 @@ public unsafe class MemoryRegion : VerbsObject
         Errno.EINVAL when (access & AccessFlags.FlushPersistent) != 0 =>
             "FlushPersistent needs persistent memory (an FS-DAX mapping).",
         Errno.ENOMEM => "Pinned memory is limited by RLIMIT_MEMLOCK (ulimit -l).",
+        Errno.EFAULT when (access & (AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 =>
+            "The range is not mapped in this process, or it is mapped read-only while the access asks for writes (LocalWrite, RemoteWrite, RemoteAtomic).",
         Errno.EFAULT => "The range is not mapped in this process.",
         _ => null,
     };

@@ -56,12 +56,17 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     /// <param name="length">Bytes.</param>
     /// <param name="access">Access rights; include <see cref="AccessFlags.OnDemand"/> for ODP.</param>
     /// <param name="iova">The address peers use for the region's first byte (default: <paramref name="address"/>).</param>
+    /// <exception cref="ArgumentException">The range lies in a leased file's mapping (register that through its lease).</exception>
     /// <exception cref="VerbsException">The kernel refused (e.g. EOPNOTSUPP for a pinned FS-DAX mapping).</exception>
     public MemoryRegion Register(void* address, nuint length, AccessFlags access, ulong? iova = null)
     {
         if (address == null)
             throw new ArgumentNullException(nameof(address));
         ArgumentOutOfRangeException.ThrowIfZero(length);
+        if (ProtectedMappings.Overlapping((nint)address, length) is { } file)
+            throw new ArgumentException(
+                $"[0x{(nint)address:x}, +{length}) lies in the mapping of the leased file '{file}': a region registered directly would not be " +
+                "tied to the file's lease and could outlive it. Register it through the lease: pd.Register(lease.Range(offset, length), access).", nameof(address));
         return new MemoryRegion(this, address, length, access, iova ?? (ulong)address, ownsMemory: false);
     }
 

@@ -239,9 +239,25 @@ public sealed unsafe partial class QueuePair
     {
         if (requests.IsEmpty)
             return;
-        const int MaxList = 64;
-        if (requests.Length > MaxList)
-            throw new ArgumentOutOfRangeException(nameof(requests), requests.Length, $"post at most {MaxList} requests per list");
+        if (requests.Length > RequestList.Capacity)
+            throw new ArgumentOutOfRangeException(nameof(requests), requests.Length, $"post at most {RequestList.Capacity} requests per list");
+        // One read of the caller's memory: the regions whose references are taken, the work requests built and the
+        // references given back must be the same even if another thread rewrites the caller's array meanwhile.
+        var copy = new RequestList();
+        requests.CopyTo(copy);
+        PostSendList(((ReadOnlySpan<SendRequest>)copy)[..requests.Length]);
+    }
+
+    /// <summary>Room for the largest post list, on the stack.</summary>
+    [System.Runtime.CompilerServices.InlineArray(Capacity)]
+    struct RequestList
+    {
+        public const int Capacity = 64;
+        SendRequest _first;
+    }
+
+    void PostSendList(ReadOnlySpan<SendRequest> requests)
+    {
         // Writes and reads are split as PostWrite/PostRead split them; SENDs are checked, not split.
         uint* limits = stackalloc uint[requests.Length];
         int total = 0;

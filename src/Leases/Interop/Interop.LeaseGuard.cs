@@ -9,7 +9,12 @@ internal static partial class Interop
     {
         /// <summary>Arms the guard for a leased mapping; the slot, or -1 (errno: EINVAL, ENOSPC).</summary>
         [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseGuardArm", SetLastError = true)]
-        internal static unsafe partial int Arm(int fd, void* address, ulong length, int heldType, int delegation);
+        internal static unsafe partial int Arm(int fd, void* address, void* scratch, ulong length, int heldType, int delegation);
+
+        /// <summary>1 when the guard over <paramref name="address"/> has replaced the mapping.</summary>
+        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseGuardIsRevoked")]
+        [SuppressGCTransition]
+        internal static unsafe partial int IsRevoked(void* address);
 
         /// <summary>Disarms the guards on <paramref name="fd"/> (or -1) or <paramref name="address"/> (or null); 1 if a handler had replaced the mapping.</summary>
         [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseGuardDisarm")]

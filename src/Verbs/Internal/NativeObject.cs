@@ -170,7 +170,19 @@ internal sealed unsafe class NativeHandle : SafeHandle
     protected override void Dispose(bool disposing)
     {
         _disposeRequested = true;
-        base.Dispose(disposing);
+        if (disposing)
+        {
+            base.Dispose(disposing);
+            return;
+        }
+        try
+        {
+            base.Dispose(disposing);   // the finalizer: an exception here would end the process
+        }
+        catch (Exception e)
+        {
+            Trace.TraceError($"rdma-lease: finalizing {_what} failed: {e.Message}");
+        }
     }
 
     protected override bool ReleaseHandle() => TryDestroy();

@@ -97,7 +97,7 @@ public unsafe class AdversaryHostTests
         using var file = NewFile("window");
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
-        nint address = (nint)file.BaseAddress;
+        nint address = (nint)file.RegistrationAddress;   // where regions are registered: PROT_NONE after a break
         FileLease.InjectedBreakDelay = TimeSpan.FromSeconds(3);
         var p = RunProbe(Generous, "open-rdonly-nonblock", file.Path);
         Assert.That(p.Ok, Is.False);
@@ -185,7 +185,7 @@ public unsafe class AdversaryHostTests
     {
         using var file = NewFile("race");
         var lease = file.AcquireLease();
-        nint address = (nint)file.BaseAddress;
+        nint address = (nint)file.RegistrationAddress;   // where regions are registered: PROT_NONE after a break
         var slow = OccupyEveryBreakWorker(TimeSpan.FromSeconds(3));
         try
         {

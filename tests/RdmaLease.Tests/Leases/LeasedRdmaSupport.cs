@@ -199,6 +199,46 @@ internal static class LeasedRdma
 }
 
 /// <summary>
+/// The file mapped MAP_SHARED by the test itself, outside rdma-lease (no DaxFile, no lease): for the unsafe baselines
+/// that show what the kernel does when a registration is not tied to a lease.
+/// </summary>
+internal sealed unsafe class RawFileMapping : IDisposable
+{
+    public RawFileMapping(string path, long length)
+    {
+        _fd = open(path, 2 /* O_RDWR */);
+        Assert.That(_fd, Is.GreaterThanOrEqualTo(0), $"open {path}: errno {Marshal.GetLastPInvokeError()}");
+        Length = length;
+        Address = mmap(null, (nuint)length, 3 /* PROT_READ|PROT_WRITE */, 1 /* MAP_SHARED */, _fd, 0);
+        Assert.That((nint)Address, Is.Not.EqualTo((nint)(-1)), $"mmap {path}: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    private readonly int _fd;
+
+    public void* Address { get; }
+
+    public long Length { get; }
+
+    public void Dispose()
+    {
+        _ = munmap(Address, (nuint)Length);
+        _ = close(_fd);
+    }
+
+    [DllImport("libc", SetLastError = true, EntryPoint = "open")]
+    private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern void* mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
+
+    [DllImport("libc")]
+    private static extern int munmap(void* addr, nuint length);
+
+    [DllImport("libc")]
+    private static extern int close(int fd);
+}
+
+/// <summary>
 /// The remote peer: a thread that keeps RDMA-writing the peer pattern into the leased region, block after block, one
 /// 4 KiB write per work request, until a write fails or it is stopped.
 /// </summary>

@@ -49,7 +49,7 @@ public unsafe class LeasedRegistrationGuestTests
             Assert.That(mr.Access & AccessFlags.OnDemand, Is.EqualTo(AccessFlags.OnDemand));
             Assert.That(mr.IsActive, Is.True);
             Assert.That(mr.Length, Is.EqualTo((nuint)Size));
-            Assert.That(mr.Region.Address, Is.EqualTo((nint)file.BaseAddress));
+            Assert.That(KernelView.MappingAt(mr.Region.Address), Does.EndWith(" " + file.Path), "the region is over a mapping of the file");
         });
 
         using var source = pair.PdA.AllocateBuffer(Size, AccessFlags.LocalWrite);
@@ -145,7 +145,7 @@ public unsafe class LeasedRegistrationGuestTests
         var lease = file.AcquireLease();
         var mr = pair.PdB.Register(lease.Range(4 * Block, 8 * Block), RemoteWritable);
         Assert.That(mr.FileOffset, Is.EqualTo(4 * Block));
-        Assert.That(mr.Region.Address, Is.EqualTo((nint)(file.BaseAddress + 4 * Block)));
+        Assert.That(KernelView.MappingAt(mr.Region.Address - 4 * Block), Is.EqualTo(KernelView.MappingAt(mr.Region.Address)), "4 blocks into one mapping");
         WriteBlock(pair, mr.ToRemote(), 7 * Block);
         Assert.That(Classify(file.GetSpan(11 * Block, Block)), Is.EqualTo("peer"));
 
@@ -436,7 +436,10 @@ public unsafe class LeasedRegistrationGuestTests
         using var file = OpenFile(dir.File("f"), mount, 16 * Block);
         using var device = Device.Open("rxelo");
         using var pd = device.AllocateProtectionDomain();
-        var e = Assert.Throws<VerbsException>(() => pd.Register(file.BaseAddress, (nuint)file.Length, RemoteWritable));
+        var refused = Assert.Throws<ArgumentException>(() => pd.Register(file.BaseAddress, (nuint)file.Length, RemoteWritable));
+        Assert.That(refused!.Message, Does.Contain("leased file").And.Contain("pd.Register(lease.Range"), "a leased file's mapping is registered through its lease");
+        using var raw = new RawFileMapping(file.Path, file.Length);   // the kernel's own answer, outside rdma-lease
+        var e = Assert.Throws<VerbsException>(() => pd.Register(raw.Address, (nuint)raw.Length, RemoteWritable));
         Assert.Multiple(() =>
         {
             Assert.That(e!.Errno, Is.EqualTo(95), "EOPNOTSUPP");
@@ -467,7 +470,8 @@ public unsafe class LeasedRegistrationGuestTests
         FillBlocks(file.Span, InitialSeed);
         file.Flush();
         using var pair = Pair();
-        using var mr = pair.PdB.Register(file.BaseAddress, (nuint)Size, RemoteWritable | AccessFlags.OnDemand);
+        using var raw = new RawFileMapping(path, Size);   // a registration not tied to any lease
+        using var mr = pair.PdB.Register(raw.Address, (nuint)Size, RemoteWritable | AccessFlags.OnDemand);
         var remote = mr.ToRemote();
         WriteBlock(pair, remote, 12 * Block);
 

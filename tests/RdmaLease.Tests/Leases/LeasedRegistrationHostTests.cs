@@ -56,9 +56,14 @@ public class LeasedRegistrationHostTests
     }
 
     [Test]
-    public void NonDaxWithoutOdpIsPinnedUnlessOdpIsDemanded()
+    public void NonDaxWithoutOdpIsPinnedOnlyWhenPinningIsAskedFor()
     {
-        Assert.That(LeasedRegistration.UseOnDemand("dev", NoOdp, isDax: false, "/tmp/f", AccessFlags.LocalWrite | AccessFlags.RemoteWrite, new LeasedRegistrationOptions()), Is.False);
+        // Auto never pins: a pinned region is only as safe as its teardown is fast (docs/leases.md), so it must be chosen.
+        var auto = Assert.Throws<OdpUnavailableException>(() => LeasedRegistration.UseOnDemand("dev", NoOdp, isDax: false, "/tmp/f",
+            AccessFlags.LocalWrite | AccessFlags.RemoteWrite, new LeasedRegistrationOptions()));
+        Assert.That(auto!.Message, Does.Contain("LeasedRegistrationMode.Pinned").And.Contain("deadline"));
+        Assert.That(LeasedRegistration.UseOnDemand("dev", NoOdp, isDax: false, "/tmp/f", AccessFlags.LocalWrite | AccessFlags.RemoteWrite,
+            new LeasedRegistrationOptions { Mode = LeasedRegistrationMode.Pinned }), Is.False);
         var e = Assert.Throws<OdpUnavailableException>(() => LeasedRegistration.UseOnDemand("dev", NoOdp, isDax: false, "/tmp/f",
             AccessFlags.LocalWrite, new LeasedRegistrationOptions { Mode = LeasedRegistrationMode.OnDemand }));
         Assert.That(e!.Message, Does.Contain("LeasedRegistrationMode.OnDemand"));

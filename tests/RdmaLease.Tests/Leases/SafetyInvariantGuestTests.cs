@@ -37,6 +37,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
+        nint address = mr.Region.Address;
         var remote = mr.ToRemote();
         using var other = pair.PdA.AllocateBuffer(Block, RemoteWritable);
 
@@ -77,16 +78,18 @@ public unsafe class SafetyInvariantGuestTests
         string path = dir.File("f");
         using var pair = Pair();
         var file = OpenFile(path, mount, Size);
-        nint address = (nint)file.BaseAddress;
+        nint view = (nint)file.BaseAddress;   // the application's mapping; regions are registered over another one
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
+        nint address = mr.Region.Address;
         var remote = mr.ToRemote();
         Assert.Multiple(() =>
         {
             Assert.That(KernelView.LocksOn(file), Has.Count.EqualTo(1), "the kernel holds the lease");
             Assert.That(KernelView.RegisteredRemoteKeys(), Does.Contain(mr.RemoteKey));
             Assert.That(KernelView.PermissionsAt(address), Is.EqualTo("rw-s"), "the file mapping");
+            Assert.That(KernelView.PermissionsAt(view), Is.EqualTo("rw-s"), "the application's mapping of the file");
             Assert.That(KernelView.DescriptorsOf(path), Has.Count.EqualTo(1));
         });
         string[] args = op switch
@@ -108,6 +111,7 @@ public unsafe class SafetyInvariantGuestTests
         Assert.Multiple(() =>
         {
             Assert.That(KernelView.PermissionsAt(address), Is.EqualTo("---p"), "the placeholder reserves the range, inaccessible");
+            Assert.That(KernelView.PermissionsAt(view), Is.EqualTo("rw-p"), "the application's view became scratch memory");
             Assert.That(WriteOnce(pair, remote, 0, LateSeed), Is.EqualTo(WorkCompletionStatus.RemoteAccessError), "the old key");
             Assert.That(lease.TeardownErrors, Is.Empty);
         });
@@ -115,6 +119,7 @@ public unsafe class SafetyInvariantGuestTests
         Assert.Multiple(() =>
         {
             Assert.That(KernelView.MappingAt(address), Is.Null, "the region is confirmed gone, so the range is released");
+            Assert.That(KernelView.MappingAt(view), Is.Null);
             Assert.That(KernelView.DescriptorsOf(path), Is.Empty);
             Assert.That(KernelView.MappingsOf(path), Is.Empty);
         });
@@ -135,6 +140,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
+        nint address = mr.Region.Address;
         mr.AttachQueuePair(pair.B);
         using var sink = pair.PdA.AllocateBuffer(Block, RemoteWritable);
         var sinkRemote = sink.ToRemote();
@@ -205,10 +211,10 @@ public unsafe class SafetyInvariantGuestTests
         var file = OpenFile(path, "/mnt/xfs", Size);
         FillBlocks(file.Span, InitialSeed);
         file.Flush();
-        nint address = (nint)file.BaseAddress;
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
+        nint address = mr.Region.Address;
         var remote = mr.ToRemote();
         NativeHandle handle = mr.Region.HandleForChildren;
         handle.InjectDestroyFailures = 1000;
@@ -262,6 +268,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable, new LeasedRegistrationOptions { Mode = LeasedRegistrationMode.Pinned });
+        nint address = mr.Region.Address;
         Assert.That(mr.IsOnDemand, Is.False);
         var remote = mr.ToRemote();
         WriteOnce(pair, remote, 0, PeerSeed);
@@ -317,9 +324,9 @@ public unsafe class SafetyInvariantGuestTests
         string path = dir.File("f");
         using var pair = Pair();
         var file = OpenFile(path, "/mnt/xfs", Size);
-        nint address = (nint)file.BaseAddress;
         var lease = file.AcquireLease();
         var mr = pair.PdB.Register(lease, RemoteWritable);
+        nint address = mr.Region.Address;
         NativeHandle handle = mr.Region.HandleForChildren;
         bool added = false;
         handle.DangerousAddRef(ref added);   // what a post holds while inside libibverbs; this one never returns in time
@@ -359,10 +366,11 @@ public unsafe class SafetyInvariantGuestTests
         using var file = OpenFile(path, "/mnt/xfs", Size);
         FillBlocks(file.Span, InitialSeed);
         file.Flush();
-        nint address = (nint)file.BaseAddress;
+        nint view = (nint)file.BaseAddress;   // the application's mapping; regions are registered over another one
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
+        nint address = mr.Region.Address;
         var remote = mr.ToRemote();
         WriteOnce(pair, remote, 0, PeerSeed);
         TimeSpan breakTime = FileLease.LeaseBreakTime;
@@ -380,6 +388,7 @@ public unsafe class SafetyInvariantGuestTests
                 Assert.That(KernelView.RegisteredRemoteKeys(), Does.Contain(mr.RemoteKey));
                 Assert.That(KernelView.LocksOn(file), Is.Empty, "the kernel removed the lease");
                 Assert.That(KernelView.PermissionsAt(address), Is.EqualTo("---p"), "the signal handler replaced the mapping");
+                Assert.That(KernelView.PermissionsAt(view), Is.EqualTo("rw-p"), "and the application's view with scratch memory");
                 Assert.That(LeaseDiagnostics.SignalHandlerRevocations, Is.GreaterThan(guardBefore));
             });
             // The file regrows into fresh blocks, written by someone else; the old key must reach none of them.
