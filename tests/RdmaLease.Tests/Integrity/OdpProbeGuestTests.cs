@@ -112,11 +112,13 @@ public class OdpProbeGuestTests
         // transfer is, and ToRemote refuses to hand the region to a peer.
         using var pair = RcPair.Veth();
         using var tmp = new TempDir("/mnt/tmpfs");
-        using var file = RdmaLease.Leases.DaxFile.Open(Path.Combine(tmp.Path, "f"), new RdmaLease.Leases.DaxFileOptions { Size = 65536, AllowNonDax = true });
+        string path = Path.Combine(tmp.Path, "f");
+        File.WriteAllBytes(path, new byte[65536]);
+        using var raw = new Leases.RawFileMapping(path, 65536);
         MemoryRegion odp;
         unsafe
         {
-            odp = pair.PdB.Register(file.BaseAddress, 65536, OdpTransfers.All | AccessFlags.OnDemand);
+            odp = pair.PdB.Register(raw.Address, 65536, OdpTransfers.All | AccessFlags.OnDemand);
         }
         var e = Assert.Throws<NotSupportedException>(() => odp.ToRemote())!;
         Assert.That(e.Message, Does.Contain("rxe1").And.Contain("docs/known-defects.md"));

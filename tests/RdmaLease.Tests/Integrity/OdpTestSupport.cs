@@ -19,6 +19,9 @@ sealed unsafe class OdpRig : IDisposable
     public const int Window = 80 * 1024;   // 16 packets at 4096 plus room to see bytes past the transfer
     public RcPair Pair { get; }
     public DaxFile File { get; }
+    // The regions go over the test's own mapping of the file: this rig tests the device's ODP data path, not leases
+    // (a DaxFile's mappings are registered only through a lease).
+    readonly Leases.RawFileMapping _raw;
     public MemoryRegion OdpA { get; }
     public MemoryRegion OdpB { get; }
     public RegisteredBuffer PinA { get; }
@@ -34,8 +37,9 @@ sealed unsafe class OdpRig : IDisposable
         File = DaxFile.Open(path, new DaxFileOptions { Size = Window, AllowNonDax = !directory.StartsWith("/mnt/xfs", StringComparison.Ordinal) });
         if (directory.StartsWith("/mnt/xfs", StringComparison.Ordinal))
             Assert.That(File.IsDax, "the file on /mnt/xfs is on FS-DAX");
-        OdpA = Pair.PdA.Register(File.BaseAddress, (nuint)File.Length, OdpTransfers.All | AccessFlags.OnDemand);
-        OdpB = Pair.PdB.Register(File.BaseAddress, (nuint)File.Length, OdpTransfers.All | AccessFlags.OnDemand);
+        _raw = new Leases.RawFileMapping(path, File.Length);
+        OdpA = Pair.PdA.Register(_raw.Address, (nuint)File.Length, OdpTransfers.All | AccessFlags.OnDemand);
+        OdpB = Pair.PdB.Register(_raw.Address, (nuint)File.Length, OdpTransfers.All | AccessFlags.OnDemand);
         PinA = Pair.PdA.AllocateBuffer(Window, OdpTransfers.All);
         PinB = Pair.PdB.AllocateBuffer(Window, OdpTransfers.All);
     }
@@ -112,6 +116,7 @@ sealed unsafe class OdpRig : IDisposable
     public void Dispose()
     {
         Pair.Dispose();   // deregisters the regions before the mapping goes
+        _raw.Dispose();
         string path = File.Path;
         File.Dispose();
         System.IO.File.Delete(path);

@@ -216,8 +216,11 @@ public class FlushAndIovaTests
         using var dir = new TempDir(under: "/mnt/xfs");
         using var file = RdmaLease.Leases.DaxFile.Open(Path.Combine(dir.Path, "flush"), new RdmaLease.Leases.DaxFileOptions { Size = 16384 });
         Assert.That(file.IsDax);
-        // On FS-DAX only an ODP registration is possible; FlushPersistent is accepted because the pages are pmem.
-        using var region = pair.PdB.Register(file.BaseAddress, (nuint)file.Length, Rw | AccessFlags.OnDemand | AccessFlags.FlushPersistent | AccessFlags.FlushGlobal);
+        // On FS-DAX only an ODP registration is possible (the lease's registration chooses it); FlushPersistent is
+        // accepted because the pages are pmem.
+        using var lease = file.AcquireLease();
+        using var region = RdmaLease.Leases.LeasedRegistration.Register(pair.PdB, lease, Rw | AccessFlags.FlushPersistent | AccessFlags.FlushGlobal);
+        Assert.That(region.IsOnDemand);
         using var local = pair.PdA.AllocateBuffer(8192, Rw);
         Patterns.Fill(local.Span, 6);
         pair.A.PostWrite(1, local.All, region.ToRemote(), 4096, SendFlags.None);
