@@ -438,8 +438,9 @@ public unsafe class LeasedRegistrationGuestTests
         using var pd = device.AllocateProtectionDomain();
         var refused = Assert.Throws<ArgumentException>(() => pd.Register(file.BaseAddress, (nuint)file.Length, RemoteWritable));
         Assert.That(refused!.Message, Does.Contain("leased file").And.Contain("pd.Register(lease.Range"), "a leased file's mapping is registered through its lease");
-        using var raw = new RawFileMapping(file.Path, file.Length);   // the kernel's own answer, outside rdma-lease
-        var e = Assert.Throws<VerbsException>(() => pd.Register(raw.Address, (nuint)raw.Length, RemoteWritable));
+        VerbsException? e;
+        using (var raw = new RawFileMapping(file.Path, file.Length))   // the kernel's own answer, outside rdma-lease
+            e = Assert.Throws<VerbsException>(() => pd.Register(raw.Address, (nuint)raw.Length, RemoteWritable));
         Assert.Multiple(() =>
         {
             Assert.That(e!.Errno, Is.EqualTo(95), "EOPNOTSUPP");
