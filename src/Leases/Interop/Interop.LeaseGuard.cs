@@ -8,14 +8,14 @@ internal static partial class Interop
     internal static partial class LeaseGuard
     {
         /// <summary>Arms the guard for a leased mapping; the slot, or -1 (errno: EINVAL, ENOSPC).</summary>
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseGuardArm", SetLastError = true)]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseGuardArm", SetLastError = true)]
         internal static unsafe partial int Arm(int fd, void* address, ulong length, int heldType, int delegation);
 
         /// <summary>Disarms the guards on <paramref name="fd"/> (or -1) or <paramref name="address"/> (or null); 1 if a handler had replaced the mapping.</summary>
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseGuardDisarm")]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseGuardDisarm")]
         internal static unsafe partial int Disarm(int fd, void* address);
 
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseGuardRevocations")]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseGuardRevocations")]
         internal static partial long Revocations();
     }
 }
