@@ -73,9 +73,10 @@ setup() {
     rl_stage apt-lists rl_private_apt_update
     local abi; abi=$(rl_kernel_abi) || rl_die "cannot choose a guest kernel"
     rl_stage "kernel($abi)" rl_fetch_kernel "$abi"
-    echo "$abi" > "$RL_CACHE/kernel/current"
+    # Written whole and renamed into place: another checkout sharing the cache may read it at any moment.
+    echo "$abi" > "$RL_CACHE/kernel/current.$$" && mv "$RL_CACHE/kernel/current.$$" "$RL_CACHE/kernel/current"
     rl_stage rdma-headers rl_fetch_rdma_headers >/dev/null
-    rl_fetch_rdma_headers > "$RL_CACHE/rdma-core/current"
+    rl_fetch_rdma_headers > "$RL_CACHE/rdma-core/current.$$" && mv "$RL_CACHE/rdma-core/current.$$" "$RL_CACHE/rdma-core/current"
     [ -f "$RL_CACHE/rootfs-$RL_GUEST_SUITE/.complete" ] || need_root "making the guest root with debootstrap"
     rl_stage guest-root rl_make_rootfs
     rl_stage initramfs rl_make_initramfs "$abi"
@@ -97,10 +98,15 @@ public_api() {
     done
 }
 
-rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-core headers not fetched: run ./build.sh setup"; }
+rdma_headers() {
+    local dir; dir=$(cat "$RL_CACHE/rdma-core/current" 2>/dev/null) || true
+    [ -n "$dir" ] && [ -f "$dir/usr/include/infiniband/verbs.h" ] || rl_die "rdma-core headers not fetched: run ./build.sh setup"
+    echo "$dir"
+}
 
 build_native() {
-    rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$(rdma_headers)" RDMA_LIBDIR="$RL_CACHE/rootfs-$RL_GUEST_SUITE/usr/lib/x86_64-linux-gnu"
+    local headers; headers=$(rdma_headers)
+    rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$headers" RDMA_LIBDIR="$RL_CACHE/rootfs-$RL_GUEST_SUITE/usr/lib/x86_64-linux-gnu"
 }
 
 build() {
