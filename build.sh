@@ -36,6 +36,10 @@ usage: ./build.sh VERB [ARGS]
   vm [--timeout S] -- CMD...
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository)
   bench [N]       boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000)
+  pack            make the NuGet packages (RdmaLease.Verbs, RdmaLease.Leases) in artifacts/packages
+  aot             publish samples/Demo with NativeAOT (trimming and AOT warnings are errors) to artifacts/aot
+  consumer        build a fresh console project against artifacts/packages (a local folder feed,
+                  offline) into artifacts/package-consumer, for the guest test that runs it
   bindings        regenerate src/Verbs/Interop/Generated from rdma-core's headers
   public-api      rewrite PublicAPI.Unshipped.txt of src/Verbs and src/Leases from their public surface
   help            this text
@@ -69,16 +73,18 @@ setup() {
     rl_stage apt-lists rl_private_apt_update
     local abi; abi=$(rl_kernel_abi) || rl_die "cannot choose a guest kernel"
     rl_stage "kernel($abi)" rl_fetch_kernel "$abi"
-    echo "$abi" > "$RL_CACHE/kernel/current"
+    # Written whole and renamed into place: another checkout sharing the cache may read it at any moment.
+    echo "$abi" > "$RL_CACHE/kernel/current.$$" && mv "$RL_CACHE/kernel/current.$$" "$RL_CACHE/kernel/current"
     rl_stage rdma-headers rl_fetch_rdma_headers >/dev/null
-    rl_fetch_rdma_headers > "$RL_CACHE/rdma-core/current"
+    rl_fetch_rdma_headers > "$RL_CACHE/rdma-core/current.$$" && mv "$RL_CACHE/rdma-core/current.$$" "$RL_CACHE/rdma-core/current"
     [ -f "$RL_CACHE/rootfs-$RL_GUEST_SUITE/.complete" ] || need_root "making the guest root with debootstrap"
     rl_stage guest-root rl_make_rootfs
     rl_stage initramfs rl_make_initramfs "$abi"
 }
 
-# The projects whose public surface PublicAPI.Shipped.txt + PublicAPI.Unshipped.txt declare.
-PUBLIC_API_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj)
+# The libraries: their public surface is declared in PublicAPI.Shipped.txt + PublicAPI.Unshipped.txt, and each
+# is a package.
+LIBRARY_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj)
 
 # public_api: rewrite each PublicAPI.Unshipped.txt from the code. The file is emptied, then the
 # analyzer's own code fix for RS0016 lists every public symbol PublicAPI.Shipped.txt lacks. (Its
@@ -86,19 +92,101 @@ PUBLIC_API_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Lease
 # exist, so the file is rebuilt rather than patched.)
 public_api() {
     local p
-    for p in "${PUBLIC_API_PROJECTS[@]}"; do
+    for p in "${LIBRARY_PROJECTS[@]}"; do
         printf '#nullable enable\n' > "$RL_REPO/$(dirname "$p")/PublicAPI.Unshipped.txt"
         rl_stage "public-api($p)" dotnet format analyzers "$RL_REPO/$p" --diagnostics RS0016
     done
 }
 
-rdma_headers() { cat "$RL_CACHE/rdma-core/current" 2>/dev/null || rl_die "rdma-core headers not fetched: run ./build.sh setup"; }
+rdma_headers() {
+    local dir; dir=$(cat "$RL_CACHE/rdma-core/current" 2>/dev/null) || true
+    [ -n "$dir" ] && [ -f "$dir/usr/include/infiniband/verbs.h" ] || rl_die "rdma-core headers not fetched: run ./build.sh setup"
+    echo "$dir"
+}
+
+build_native() {
+    local headers; headers=$(rdma_headers)
+    rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$headers" RDMA_LIBDIR="$RL_CACHE/rootfs-$RL_GUEST_SUITE/usr/lib/x86_64-linux-gnu"
+}
 
 build() {
-    rl_stage native make -s -C "$RL_REPO/native" RDMA_CORE="$(rdma_headers)" RDMA_LIBDIR="$RL_CACHE/rootfs-$RL_GUEST_SUITE/usr/lib/x86_64-linux-gnu"
+    build_native
     rl_stage bench-c make -s -C "$RL_REPO/benchmarks/c" RDMA_CORE="$(rdma_headers)" GUEST_ROOT="$RL_CACHE/rootfs-$RL_GUEST_SUITE"
     rl_stage repro make -s -C "$RL_REPO/tools/repro" RDMA_CORE="$(rdma_headers)" GUEST_ROOT="$RL_CACHE/rootfs-$RL_GUEST_SUITE"
     rl_stage dotnet dotnet build "$RL_REPO/rdma-lease.sln" -c "$CONFIG" -nologo -clp:ErrorsOnly -v:q
+}
+
+# pack: the packages, into artifacts/packages. Built apart from the everyday build (their own bin/obj pivot) with
+# ContinuousIntegrationBuild (build paths mapped to /_/, SourceLink from the git remote 'origin') and every zip
+# entry stamped with the commit's time, so the same commit packs to the same bytes wherever it is checked out.
+pack() {
+    build_native
+    local out=$RL_REPO/artifacts/packages stamp p
+    stamp=$(git -C "$RL_REPO" log -1 --format=%ct) || rl_die "pack needs the git repository (the commit goes into the packages)"
+    git -C "$RL_REPO" remote get-url origin >/dev/null 2>&1 ||
+        rl_log "pack: the repository has no remote 'origin': the packages name the commit but carry no SourceLink URLs"
+    rm -rf "$out"
+    for p in "${LIBRARY_PROJECTS[@]}"; do
+        rl_stage "pack($(basename "$p" .csproj))" dotnet pack "$RL_REPO/$p" -c "$CONFIG" -nologo -v:q -clp:ErrorsOnly \
+            -o "$out" -p:ContinuousIntegrationBuild=true -p:ArtifactsPivots="pack-${CONFIG,,}" -p:DeterministicTimestamp="$stamp"
+    done
+    ls -l "$out" >&2
+}
+
+# aot: samples/Demo published with NativeAOT; any trimming or AOT warning fails it. The log is kept for the test
+# that checks it (tests/RdmaLease.Tests/Samples/DemoTests.cs).
+aot() {
+    build_native
+    rl_stage aot aot_publish "$RL_REPO/artifacts/aot/RdmaLease.Demo" "$RL_REPO/artifacts/aot/RdmaLease.Demo.publish.log"
+    ls -l "$RL_REPO/artifacts/aot/RdmaLease.Demo/RdmaLease.Demo" >&2
+}
+
+aot_publish() {
+    local out=$1 log=$2
+    rm -rf "$out"; mkdir -p "$out"
+    dotnet publish "$RL_REPO/samples/Demo/RdmaLease.Demo.csproj" -c "$CONFIG" -r linux-x64 -nologo -o "$out" \
+        -p:PublishAot=true -p:TreatWarningsAsErrors=true -p:IlcTreatWarningsAsErrors=true -p:TrimmerSingleWarn=false \
+        > "$log" 2>&1 || { tail -n 40 "$log" >&2; echo "the NativeAOT publish failed (log: $log)" >&2; return 1; }
+}
+
+# consumer: what a user does with the packages. A fresh `dotnet new console` outside the repository (so none of
+# its build settings apply), a nuget.config naming only artifacts/packages and, for the packages ours depend on,
+# this machine's global packages folder (as a local feed: nothing is downloaded), a private packages folder (so no
+# earlier copy of our packages is reused), `dotnet add package RdmaLease.Leases`, tests/PackageConsumer/Program.cs,
+# and a framework-dependent publish into artifacts/package-consumer. Built on the host: see docs/testing.md.
+consumer() {
+    local feed=$RL_REPO/artifacts/packages out=$RL_REPO/artifacts/package-consumer nupkg version work cache
+    nupkg=$(find "$feed" -maxdepth 1 -name 'RdmaLease.Leases.*.nupkg' 2>/dev/null | head -n 1)
+    [ -n "$nupkg" ] || rl_die "no RdmaLease.Leases package in $feed: run ./build.sh pack first"
+    version=$(basename "$nupkg" .nupkg); version=${version#RdmaLease.Leases.}
+    cache=$(dotnet nuget locals global-packages --list | sed -n 's/^global-packages: //p')
+    work=$(mktemp -d /tmp/rdma-lease-consumer.XXXXXX)
+    cat > "$work/nuget.config" <<EOT
+<?xml version="1.0" encoding="utf-8"?>
+<configuration>
+  <config>
+    <add key="globalPackagesFolder" value="$work/packages" />
+  </config>
+  <packageSources>
+    <clear />
+    <add key="rdma-lease" value="$feed" />
+    <add key="machine-packages" value="$cache" />
+  </packageSources>
+</configuration>
+EOT
+    rm -rf "$out"
+    rl_stage consumer consumer_build "$work" "$version" "$out"
+}
+
+consumer_build() {
+    local work=$1 version=$2 out=$3
+    (   set -e; cd "$work"
+        dotnet new console --name RdmaLease.PackageConsumer --output . --no-restore --no-update-check >/dev/null
+        dotnet add package RdmaLease.Leases --version "$version" >/dev/null
+        cp "$RL_REPO/tests/PackageConsumer/Program.cs" Program.cs
+        dotnet publish -c Release -nologo -v:q -clp:ErrorsOnly -o "$out"
+    ) || { echo "building the package consumer in $work failed" >&2; return 1; }
+    rm -rf "$work"
 }
 
 # test_args NAME RESULTS FILTER: dotnet arguments that run the tests matching an NUnit category filter.
@@ -118,6 +206,9 @@ trx_counts() {
 test_all() {
     setup
     build
+    pack
+    consumer
+    aot
     local results=$RL_REPO/artifacts/test-results
     rm -rf "$results"; mkdir -p "$results/host" "$results/guest"
     rl_log "host tests"
@@ -173,6 +264,9 @@ case $verb in
     vm) [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm -- CMD..."; setup >/dev/null; run_guest -- "$@" ;;
     bench) setup; build; n=${1:-20000}
         run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll interop rxelo $n" ;;
+    pack) pack ;;
+    aot) aot ;;
+    consumer) consumer ;;
     bindings) "$RL_REPO/tools/BindingsGenerator/generate.sh" "$(rdma_headers)" ;;
     public-api) public_api ;;
     *) usage >&2; rl_die "unknown verb '$verb'" ;;

@@ -1,11 +1,18 @@
-// Lease, delegation and break-signal exports of librdmalease_native (the rdma-lease half of
-// issue #5). Same conventions as rdmalease_native.h: one export per operation, prefixed
-// RdmaLeaseNative_, fixed-width types, each documented with what it shims, what it returns
-// and whether it sets errno. Mirrored constants are static_assert'ed in lease_signals.c.
+// librdmalease_leases: lease, delegation, break-signal, mapping-guard and cache-flush exports
+// (lease_signals.c, dax_flush.c). Needs libc only: no libibverbs, so DaxFile and FileLease work on
+// a machine without rdma-core. Conventions: rdmalease_native.h. Mirrored constants are
+// static_assert'ed in lease_signals.c.
 #pragma once
 
 #include <stdint.h>
 #include "rdmalease_native.h"
+
+// Bumped whenever an export of librdmalease_leases changes signature or meaning; RdmaLease.Leases
+// refuses a library whose version differs (a stale build would otherwise corrupt memory).
+#define RDMALEASE_LEASES_ABI_VERSION 1
+
+/** Returns RDMALEASE_LEASES_ABI_VERSION. Never fails; does not touch errno. */
+RL_EXPORT int32_t RdmaLeaseNative_GetLeasesAbiVersion(void);
 
 // Mirrors of kernel constants that libc headers may lack (checked where the headers have them).
 #define RL_F_RDLCK 0

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <infiniband/verbs.h>
 
-#include "rdmalease_native.h"
+#include "rdmalease_verbs.h"
 
 // The managed layer mirrors these; a change in rdma-core must fail the build, not corrupt memory.
 _Static_assert(IBV_ACCESS_ON_DEMAND == (1 << 6), "IBV_ACCESS_ON_DEMAND");

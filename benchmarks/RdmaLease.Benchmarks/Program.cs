@@ -20,7 +20,7 @@ return 0;
 static unsafe partial class InteropCost
 {
     // The shim's poll without SuppressGCTransition, to price the GC transition itself.
-    [LibraryImport("rdmalease_native", EntryPoint = "RdmaLeaseNative_PollCq")]
+    [LibraryImport(NativeLibraries.VerbsShim, EntryPoint = "RdmaLeaseNative_PollCq")]
     private static partial int PollCqWithTransition(ibv_cq* cq, int n, ibv_wc* wc);
 
     static void Report(string name, long calls, long ticks) =>

@@ -28,26 +28,26 @@ internal static partial class Interop
             internal long MonotonicNs;
         }
 
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalInstall", SetLastError = true)]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseSignalInstall", SetLastError = true)]
         internal static unsafe partial int Install(int signo, int flags, long owner, int* chainedPrevious);
 
         /// <summary>Puts our handlers back where another component replaced them; a mask of what was restored, or -1.</summary>
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalVerify", SetLastError = true)]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseSignalVerify", SetLastError = true)]
         internal static partial int Verify();
 
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalGetSignal")]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseSignalGetSignal")]
         internal static partial int GetSignal();
 
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalGetPipe")]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseSignalGetPipe")]
         internal static partial int GetPipe();
 
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalRead", SetLastError = true)]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseSignalRead", SetLastError = true)]
         internal static unsafe partial int Read(Record* records, int capacity, int timeoutMs);
 
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_LeaseSignalTakeDropped")]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_LeaseSignalTakeDropped")]
         internal static partial int TakeDropped();
 
-        [LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_GetMonotonicNs")]
+        [LibraryImport(Libraries.RdmaLeaseLeases, EntryPoint = "RdmaLeaseNative_GetMonotonicNs")]
         internal static partial long GetMonotonicNs();
     }
 }

@@ -1,30 +1,33 @@
+using System.Runtime.CompilerServices;
+using RdmaLease.Interop;
+
 namespace RdmaLease.Leases;
 
 internal static partial class Interop
 {
     internal static class Libraries
     {
-        /// <summary>The C shim (native/*.c), copied next to the assemblies by src/Verbs's project.</summary>
-        internal const string RdmaLeaseNative = "rdmalease_native";
+        /// <summary>
+        /// librdmalease_leases (native/lease_signals.c, dax_flush.c): libc only, so DAX files and leases load on a
+        /// machine without rdma-core. Loaded through the one resolver of <see cref="NativeLibraries"/>.
+        /// </summary>
+        internal const string RdmaLeaseLeases = NativeLibraries.LeasesShim;
+
+        /// <summary>The ABI version of native/rdmalease_leases.h (RDMALEASE_LEASES_ABI_VERSION) this assembly was built against.</summary>
+        internal const int ExpectedAbiVersion = 1;
+
+        internal static readonly NativeLibraries.LibraryInfo Info =
+            NativeLibraries.Shim(RdmaLeaseLeases, typeof(Interop).Assembly, "RdmaLeaseNative_GetLeasesAbiVersion", ExpectedAbiVersion);
+
+        [ModuleInitializer]
+        [System.Diagnostics.CodeAnalysis.SuppressMessage("Usage", "CA2255",
+            Justification = "The resolver must be in place before any LibraryImport of this assembly binds, whoever calls first.")]
+        internal static void Register() => NativeLibraries.RegisterResolver(typeof(Interop).Assembly, Info);
     }
 
-    /// <summary>The ABI version this assembly was written against (RDMALEASE_NATIVE_ABI_VERSION).</summary>
-    internal const int ExpectedNativeAbiVersion = 2;
-
-    [System.Runtime.InteropServices.LibraryImport(Libraries.RdmaLeaseNative, EntryPoint = "RdmaLeaseNative_GetAbiVersion")]
-    internal static partial int GetNativeAbiVersion();
-
-    private static int s_abiChecked;
-
-    /// <summary>Throws when the loaded librdmalease_native is not the one this assembly expects (a stale build).</summary>
-    internal static void EnsureNativeAbi()
-    {
-        if (Volatile.Read(ref s_abiChecked) != 0)
-            return;
-        int version = GetNativeAbiVersion();
-        if (version != ExpectedNativeAbiVersion)
-            throw new InvalidOperationException(
-                $"librdmalease_native has ABI version {version}, RdmaLease.Leases needs {ExpectedNativeAbiVersion}: rebuild with ./build.sh build.");
-        Volatile.Write(ref s_abiChecked, 1);
-    }
+    /// <summary>
+    /// Loads librdmalease_leases now and checks its ABI version, or throws <see cref="RdmaLibraryNotFoundException"/>
+    /// saying what is wrong (missing beside the application, or from another build).
+    /// </summary>
+    internal static void EnsureNativeAbi() => NativeLibraries.Load(Libraries.Info);
 }

@@ -3,16 +3,14 @@ using System.Runtime.InteropServices;
 namespace RdmaLease.Interop;
 
 /// <summary>
-/// librdmalease_native (native/*.c): exports for libibverbs' static inline verbs. Each entry
-/// point forwards one verb; see native/verbs.c for the contract of each. All return 0 or an
+/// librdmalease_verbs (native/verbs.c): exports for libibverbs' static inline verbs. Each entry
+/// point forwards one verb; see native/verbs.c for the contract of each. Loaded (and its ABI version
+/// checked) by <see cref="NativeLibraries"/>. All return 0 or an
 /// errno value unless noted. docs/interop.md has the measured cost of each kind of call.
 /// </summary>
 internal static unsafe partial class RdmaLeaseNative
 {
-    const string Lib = "rdmalease_native";
-
-    [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_GetAbiVersion")]
-    internal static partial int GetAbiVersion();
+    const string Lib = NativeLibraries.VerbsShim;
 
     [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_QueryDeviceEx")]
     internal static partial int QueryDeviceEx(ibv_context* context, ibv_device_attr_ex* attr, ulong attrSize);
