@@ -119,7 +119,7 @@ public sealed unsafe partial class QueuePair
     /// The largest transfer one work request may move for <paramref name="local"/>: the remote region's limit, and the
     /// device's ODP quirk's where one is in force (which may refuse the transfer). Without a quirk: one field test.
     /// </summary>
-    internal uint TransferLimit(ibv_wr_opcode opcode, LocalSegment local, uint remoteLimit)
+    internal uint TransferLimit(ibv_wr_opcode opcode, in LocalSegment local, uint remoteLimit)
     {
         uint limit = TransferSplit.Combine(OdpIntegrityResult.Unlimited, remoteLimit);
         return _odp is null ? limit : _odp.TransferLimit(opcode == ibv_wr_opcode.IBV_WR_RDMA_READ ? "RDMA READ" : "RDMA WRITE", local, limit);

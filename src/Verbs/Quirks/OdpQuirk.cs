@@ -183,8 +183,9 @@ internal sealed record KnownOdpDefect(string Driver, string? FixedIn, string Rea
 
 /// <summary>
 /// What a quirk allows at one path MTU: ODP transfers of at most <c>maxTransfer</c> bytes per work request
-/// (<see cref="OdpIntegrityResult.Unlimited"/>: any; 0: none) whose ODP-side address is a multiple of <c>alignment</c>.
-/// There is no instance for "everything allowed": holders keep null, so the post path tests one field.
+/// (<see cref="OdpIntegrityResult.Unlimited"/>: any; 0: none) whose ODP-side address is a multiple of <c>alignment</c>
+/// (1 or the page size: a power of two). There is no instance for "everything allowed": holders keep null, so the post
+/// path tests one field.
 /// </summary>
 internal sealed class OdpRule
 {
@@ -199,8 +200,12 @@ internal sealed class OdpRule
     public uint MaxTransfer { get; }
     public uint Alignment { get; }
 
-    internal static OdpRule? Create(string device, Mtu mtu, uint maxTransfer, uint alignment, string reason) =>
-        maxTransfer == OdpIntegrityResult.Unlimited && alignment <= 1 ? null : new(device, mtu, maxTransfer, Math.Max(alignment, 1), reason);
+    internal static OdpRule? Create(string device, Mtu mtu, uint maxTransfer, uint alignment, string reason)
+    {
+        if (alignment > 1 && !System.Numerics.BitOperations.IsPow2(alignment))
+            throw new ArgumentOutOfRangeException(nameof(alignment), alignment, "an ODP alignment is a power of two");
+        return maxTransfer == OdpIntegrityResult.Unlimited && alignment <= 1 ? null : new(device, mtu, maxTransfer, Math.Max(alignment, 1), reason);
+    }
 
     /// <summary>The stricter of two rules (null: no limit).</summary>
     internal static OdpRule? Strictest(OdpRule? a, OdpRule? b) =>
@@ -211,20 +216,20 @@ internal sealed class OdpRule
     /// The largest transfer one work request may move for <paramref name="local"/>, given <paramref name="limit"/> (the remote
     /// region's, or Unlimited); throws when an ODP transfer cannot be made correct by splitting.
     /// </summary>
-    internal uint TransferLimit(string what, LocalSegment local, uint limit)
+    internal uint TransferLimit(string what, in LocalSegment local, uint limit)
     {
         if (!local.Region.IsOnDemand)
             return limit;
         CheckUsable(what, local);
         limit = Math.Min(limit, MaxTransfer);
-        if (local.Length > limit && limit % Alignment != 0)
+        if (local.Length > limit && (limit & (Alignment - 1)) != 0)
             throw Refused(what, local, $"Split at {limit} bytes, the pieces after the first would start inside a page and land at its start: " +
                 $"move at most {limit} bytes per call from an aligned address, or use a pinned region.");
         return limit;
     }
 
     /// <summary>A message (SEND, receive) cannot be split: refuses one in an ODP region that is misaligned or larger than is safe.</summary>
-    internal void CheckMessage(string what, LocalSegment segment)
+    internal void CheckMessage(string what, in LocalSegment segment)
     {
         if (!segment.Region.IsOnDemand)
             return;
@@ -235,12 +240,12 @@ internal sealed class OdpRule
                 : $"A SEND is one message and cannot be split: send at most {MaxTransfer} bytes from an ODP region there, or send from a pinned region.");
     }
 
-    void CheckUsable(string what, LocalSegment segment)
+    void CheckUsable(string what, in LocalSegment segment)
     {
         if (MaxTransfer == 0)
             throw Refused(what, segment, "Use a pinned region on this device.");
-        if (segment.Address % Alignment != 0)
-            throw Refused(what, segment, $"This one starts {segment.Address % Alignment} bytes into a page: use an aligned offset or a pinned region.");
+        if ((segment.Address & (Alignment - 1)) != 0)
+            throw Refused(what, segment, $"This one starts {segment.Address & (Alignment - 1)} bytes into a page: use an aligned offset or a pinned region.");
     }
 
     /// <summary>What peers get for <paramref name="region"/>: the limits to honour, or a refusal when no transfer a peer could split is correct.</summary>
