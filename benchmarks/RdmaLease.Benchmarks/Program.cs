@@ -32,12 +32,7 @@ static unsafe partial class InteropCost
         using var device = Device.Open(deviceName);
         using var pd = device.AllocateProtectionDomain();
         using var cq = device.CreateCompletionQueue(256);
-        var options = new QueuePairOptions { SendCompletionQueue = cq, ReceiveCompletionQueue = cq };
-        using var a = pd.CreateQueuePair(options);
-        using var b = pd.CreateQueuePair(options);
-        int gid = device.FindGidIndex(IPAddress.Loopback);
-        a.Connect(b.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
-        b.Connect(a.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+        var (a, _) = LoopbackPair(pd, cq, pathMtu: null);
         using var buffer = pd.AllocateBuffer(8192, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
 
         var wc = new WorkCompletion[8];
@@ -95,6 +90,19 @@ static unsafe partial class InteropCost
         OdpQuirkCost(deviceName, iterations);
     }
 
+    /// <summary>Two RC queue pairs in <paramref name="pd"/> connected to each other over 127.0.0.1 (disposed with the PD).</summary>
+    static (QueuePair A, QueuePair B) LoopbackPair(ProtectionDomain pd, CompletionQueue cq, Mtu? pathMtu)
+    {
+        var options = new QueuePairOptions { SendCompletionQueue = cq, ReceiveCompletionQueue = cq };
+        var a = pd.CreateQueuePair(options);
+        var b = pd.CreateQueuePair(options);
+        int gid = pd.Device.FindGidIndex(IPAddress.Loopback);
+        var connect = new ConnectOptions { GidIndex = gid, PathMtu = pathMtu };
+        a.Connect(b.LocalEndpoint(gid), connect);
+        b.Connect(a.LocalEndpoint(gid), connect);
+        return (a, b);
+    }
+
     /// <summary>
     /// What the post path pays for the ODP quirk: the step every PostWrite/PostRead runs before building its work request
     /// (QueuePair.TransferLimit), and whole 8-byte RDMA WRITE round trips from an ODP region, on DEVICE opened with its
@@ -108,13 +116,7 @@ static unsafe partial class InteropCost
             string label = device.OdpQuirk is null ? "no quirk" : "with the quirk";
             using var pd = device.AllocateProtectionDomain();
             using var cq = device.CreateCompletionQueue(256);
-            var options = new QueuePairOptions { SendCompletionQueue = cq, ReceiveCompletionQueue = cq };
-            using var a = pd.CreateQueuePair(options);
-            using var b = pd.CreateQueuePair(options);
-            int gid = device.FindGidIndex(IPAddress.Loopback);
-            var connect = new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096 };
-            a.Connect(b.LocalEndpoint(gid), connect);
-            b.Connect(a.LocalEndpoint(gid), connect);
+            var (a, _) = LoopbackPair(pd, cq, Mtu.Mtu4096);
             using var odp = pd.AllocateBuffer(8192, AccessFlags.LocalWrite | AccessFlags.OnDemand);
             using var pinned = pd.AllocateBuffer(8192, AccessFlags.LocalWrite);
             using var target = pd.AllocateBuffer(8192, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);

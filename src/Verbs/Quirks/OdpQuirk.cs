@@ -1,5 +1,3 @@
-using System.Globalization;
-
 namespace RdmaLease.Verbs;
 
 // The home of the ODP device quirk (docs/known-defects.md): which devices have one (the table below, keyed by driver,
@@ -168,17 +166,8 @@ internal sealed record KnownOdpDefect(string Driver, string? FixedIn, string Rea
         table.FirstOrDefault(d => d.Driver == driver && (d.FixedIn is null || KernelVersion(kernelRelease) < Version.Parse(d.FixedIn)));
 
     /// <summary>The numeric prefix of a release: "7.3.4+deb13-amd64" is 7.3.4; an unreadable one counts as the newest.</summary>
-    internal static Version KernelVersion(string release)
-    {
-        int end = 0;
-        while (end < release.Length && (char.IsAsciiDigit(release[end]) || release[end] == '.'))
-            end++;
-        string[] parts = release[..end].Split('.', StringSplitOptions.RemoveEmptyEntries);
-        if (parts.Length == 0)
-            return new Version(int.MaxValue, 0);
-        return new Version(int.Parse(parts[0], CultureInfo.InvariantCulture), parts.Length > 1 ? int.Parse(parts[1], CultureInfo.InvariantCulture) : 0,
-            parts.Length > 2 ? int.Parse(parts[2], CultureInfo.InvariantCulture) : 0);
-    }
+    internal static Version KernelVersion(string release) =>
+        Version.TryParse(string.Concat(release.TakeWhile(c => char.IsAsciiDigit(c) || c == '.')).TrimEnd('.'), out var v) ? v : new Version(int.MaxValue, 0);
 }
 
 /// <summary>
