@@ -16,8 +16,8 @@ const AccessFlags Rw = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | Access
 Console.WriteLine("rdma-lease demo");
 using var device = Device.Open(DeviceName);
 var port = device.QueryPort();
-Console.WriteLine($"  device {DeviceName}: {port.LinkLayer}, MTU {port.ActiveMtu.Bytes()}, ODP {device.Attributes.Odp.Rc}");
-Console.WriteLine($"  ODP integrity: {device.OdpIntegrity(port.ActiveMtu).Verdict}");
+Console.WriteLine($"  device {DeviceName} (driver {device.Driver}): {port.LinkLayer}, MTU {port.ActiveMtu.Bytes()}, ODP {device.Attributes.Odp.Rc}");
+Console.WriteLine($"  ODP quirk: {device.OdpQuirk?.Describe(port.ActiveMtu) ?? "none"}");
 
 // The file side: a DAX file, a lease, a leased (ODP) registration.
 File.Delete(path);

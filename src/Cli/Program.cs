@@ -51,7 +51,8 @@ foreach (string name in names)
 {
     using var device = Device.Open(name);
     var odp = device.Attributes.Odp;
-    Console.WriteLine($"{name}: {device.Attributes.PortCount} port(s), ODP {(odp.Supported ? $"yes (RC: {odp.Rc}; UD: {odp.Ud})" : "no")}");
+    Console.WriteLine($"{name}: driver {device.Driver}, {device.Attributes.PortCount} port(s), ODP {(odp.Supported ? $"yes (RC: {odp.Rc}; UD: {odp.Ud})" : "no")}");
+    Console.WriteLine($"  ODP quirk: {device.OdpQuirk?.Reason ?? "none"}");
     for (byte p = 1; p <= device.Attributes.PortCount; p++)
     {
         var port = device.QueryPort(p);

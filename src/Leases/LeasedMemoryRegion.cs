@@ -40,9 +40,8 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
         Lease = range.Lease;
         FileOffset = range.Offset;
         ProtectionDomain = pd;
-        // The first ODP registration on a device runs the integrity probe (up to seconds): before anything a break waits on.
-        if ((access & AccessFlags.OnDemand) != 0)
-            pd.Device.EnsureOdpIntegrityChecked();
+        // Nothing here runs the ODP integrity probe (the device's OdpQuirk was chosen when it was opened), so a break
+        // waiting on _gate waits for one ibv_reg_mr at most.
         lock (_gate)
         {
             // The dependent first: a break from now on waits on _gate, then finds the region (or the failure) below.

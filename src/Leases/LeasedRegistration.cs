@@ -149,6 +149,11 @@ public static class LeasedRegistration
     /// ODP (<see cref="AccessFlags.OnDemand"/>) is used when the device supports it, on RC, for every operation the
     /// access needs (<see cref="RequiredOdpCapabilities"/>); FS-DAX mappings cannot be pinned, so there ODP is required.
     /// A non-DAX file (opened with <see cref="DaxFileOptions.AllowNonDax"/>) is pinned only with <see cref="LeasedRegistrationMode.Pinned"/> (a weaker guarantee: see there).
+    /// The registration runs no ODP integrity probe and writes nothing: the device's <see cref="Device.OdpQuirk"/> (by
+    /// default only the rxe driver's known defect; <see cref="DeviceOptions.OdpQuirk"/>) was chosen when the device was
+    /// opened, and applies to the region's use: posts that would be corrupted are split or refused, and
+    /// <see cref="MemoryRegion.ToRemote()"/> tells peers the limits (docs/known-defects.md). Nothing the quirk does runs
+    /// on the lease-break path.
     /// </remarks>
     /// <exception cref="ArgumentException">Access flags this method sets itself (OnDemand), or a PD of another device than expected.</exception>
     /// <exception cref="LeaseRevokedException">The lease has already ended.</exception>

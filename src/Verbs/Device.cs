@@ -34,6 +34,7 @@ public sealed unsafe partial class Device : VerbsObject
     {
         Name = name;
         Attributes = QueryAttributes();
+        Driver = DriverOf(context);
     }
 
     static int CloseDevice(nint context) => libibverbs.ibv_close_device((ibv_context*)context);
@@ -57,11 +58,17 @@ public sealed unsafe partial class Device : VerbsObject
     }
 
     /// <summary>Opens the device called <paramref name="name"/>.</summary>
+    /// <param name="name">The device name.</param>
+    /// <param name="options">How to open it; by default its ODP quirk, if the library knows one for its driver, is in
+    /// force (<see cref="DeviceOptions.OdpQuirk"/>).</param>
     /// <exception cref="ArgumentException">No device has that name (the message lists the ones there are).</exception>
     /// <exception cref="VerbsException">The device exists but could not be opened.</exception>
-    public static Device Open(string name)
+    public static Device Open(string name, DeviceOptions? options = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
+        options ??= new DeviceOptions();
+        if (!Enum.IsDefined(options.OdpQuirk))
+            throw new ArgumentOutOfRangeException(nameof(options), options.OdpQuirk, "unknown OdpQuirkMode");
         ibv_device** list = GetDeviceList(out int n);
         try
         {
@@ -73,7 +80,17 @@ public sealed unsafe partial class Device : VerbsObject
                 if (context == null)
                     throw new VerbsException("ibv_open_device", "device " + name, Marshal.GetLastPInvokeError(),
                         "Check the permissions of /dev/infiniband/uverbs*.");
-                return new Device(context, name);
+                var device = new Device(context, name);
+                try
+                {
+                    device.ApplyQuirks(options);
+                }
+                catch
+                {
+                    device.Dispose();
+                    throw;
+                }
+                return device;
             }
             string present = n == 0
                 ? "none (is rdma_rxe/ib_uverbs loaded? 'rdma link add rxe0 type rxe netdev eth0' creates a soft-RoCE device)"

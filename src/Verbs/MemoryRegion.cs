@@ -52,20 +52,6 @@ public unsafe class MemoryRegion : VerbsObject
     {
         if ((access & (AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 && (access & AccessFlags.LocalWrite) == 0)
             throw new ArgumentException($"{access}: remote write and remote atomic access need LocalWrite too (the verbs API requires it).", nameof(access));
-        if ((access & AccessFlags.OnDemand) != 0)
-        {
-            // Before the first ODP registration on a device: is its ODP data path sound (docs/known-defects.md)?
-            try
-            {
-                pd.Device.EnsureOdpIntegrityChecked();
-            }
-            catch
-            {
-                if (ownsMemory)
-                    NativeMemory.AlignedFree(address);
-                throw;
-            }
-        }
         NativeHandle parent = pd.HandleForChildren;
         using var pdRef = parent.Enter();
         // The handle takes its references on the parent and the keep-alive handles first, so none of them can be
@@ -210,37 +196,21 @@ public unsafe class MemoryRegion : VerbsObject
     public LocalSegment All => new(this, 0, checked((uint)Length));
 
     /// <summary>
-    /// What a peer needs to reach this region: address (IOVA), length and rkey, and for an On-Demand-Paging region
-    /// on a device whose ODP data path misplaces multi-packet transfers, the largest transfer per work request that
-    /// is safe (<see cref="RemoteRegion.MaxTransferPerRequest"/>), for the smallest active MTU of the device's ports.
+    /// What a peer needs to reach this region: address (IOVA), length and rkey, and for an On-Demand-Paging region on a
+    /// device with an <see cref="Device.OdpQuirk"/>, the limits its peers must honour for the strictest of the device's
+    /// ports' active MTUs: <see cref="RemoteRegion.MaxTransferPerRequest"/> and <see cref="RemoteRegion.RequiredAlignment"/>.
     /// Peers using a smaller path MTU should be given <see cref="ToRemote(Mtu)"/>. Our <see cref="QueuePair"/> honours
-    /// the limit; a peer that ignores it can still corrupt the region (see docs/known-defects.md).
+    /// the limits; a peer that ignores them can still corrupt the region (see docs/known-defects.md).
     /// </summary>
-    /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets.</exception>
-    public RemoteRegion ToRemote() => ToRemote(PeerRule(null));
+    /// <exception cref="NotSupportedException">An ODP region whose device's quirk leaves no correct way for a peer to move
+    /// more than one packet (rxe below a page-sized MTU).</exception>
+    public RemoteRegion ToRemote() => ToRemote(IsOnDemand ? ProtectionDomain.Device.OdpQuirk?.RuleForPeers() : null);
 
-    /// <summary>As <see cref="ToRemote()"/>, with the limit for queue pairs whose path MTU is <paramref name="pathMtu"/>.</summary>
-    /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets at that MTU.</exception>
-    public RemoteRegion ToRemote(Mtu pathMtu) => ToRemote(PeerRule(pathMtu));
+    /// <summary>As <see cref="ToRemote()"/>, with the limits for queue pairs whose path MTU is <paramref name="pathMtu"/>.</summary>
+    /// <exception cref="NotSupportedException">As for <see cref="ToRemote()"/>, at that MTU.</exception>
+    public RemoteRegion ToRemote(Mtu pathMtu) => ToRemote(IsOnDemand ? ProtectionDomain.Device.OdpQuirk?.RuleAt(pathMtu) : null);
 
-    RemoteRegion ToRemote(OdpRule rule) => new(Iova, Length, RemoteKey,
-        rule.MaxTransfer == OdpIntegrityResult.Unlimited ? 0 : rule.MaxTransfer, rule.Alignment <= 1 ? 0 : rule.Alignment);
-
-    OdpRule PeerRule(Mtu? pathMtu)
-    {
-        if (!IsOnDemand)
-            return OdpRule.Sound;
-        Device device = ProtectionDomain.Device;
-        var rule = pathMtu is { } m ? device.OdpTransferRule(m) : device.OdpTransferRuleForPeers();
-        if (rule.MaxTransfer == 0)
-            throw new NotSupportedException($"{this} is an On-Demand-Paging region on {device.Name}, where the ODP integrity probe found that not even " +
-                "single-packet transfers into and out of ODP memory arrive intact (see docs/known-defects.md); peers must not be given access to it.");
-        if (rule.MaxTransfer != OdpIntegrityResult.Unlimited && rule.Alignment > rule.MaxTransfer)
-            throw new NotSupportedException($"{this} is an On-Demand-Paging region on {device.Name}, where the ODP integrity probe found transfers correct only " +
-                $"up to {rule.MaxTransfer} bytes per work request and only from {rule.Alignment}-byte aligned addresses: no split of a larger transfer is correct, " +
-                "so peers must not be given access to it at this path MTU (see docs/known-defects.md). Use a pinned region, or a path MTU of the page size.");
-        return rule;
-    }
+    RemoteRegion ToRemote(OdpRule? rule) => rule?.ForPeers(this) ?? new(Iova, Length, RemoteKey);
 
     /// <inheritdoc/>
     public override string ToString() => $"memory region 0x{Address:x}+{Length} (lkey 0x{LocalKey:x}) on {ProtectionDomain.Device.Name}";

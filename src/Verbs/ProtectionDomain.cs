@@ -41,6 +41,7 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     /// </summary>
     /// <param name="length">Bytes; rounded up to whole pages.</param>
     /// <param name="access">What local and remote peers may do. <see cref="AccessFlags.OnDemand"/> makes it an ODP region.</param>
+    /// <remarks>ODP regions: as for <see cref="Register"/>.</remarks>
     public RegisteredBuffer AllocateBuffer(int length, AccessFlags access = AccessFlags.LocalWrite)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
@@ -56,6 +57,12 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     /// <param name="length">Bytes.</param>
     /// <param name="access">Access rights; include <see cref="AccessFlags.OnDemand"/> for ODP.</param>
     /// <param name="iova">The address peers use for the region's first byte (default: <paramref name="address"/>).</param>
+    /// <remarks>
+    /// An ODP registration (<see cref="AccessFlags.OnDemand"/>) runs no probe and consults no quirk: it is one
+    /// <c>ibv_reg_mr</c>. Where the device has an <see cref="Device.OdpQuirk"/> (by default the rxe driver's known defect,
+    /// docs/known-defects.md), that rule is applied when the region is used instead: <see cref="QueuePair"/> refuses or
+    /// splits transfers it would corrupt, and <see cref="MemoryRegion.ToRemote()"/> tells peers the limits.
+    /// </remarks>
     /// <exception cref="ArgumentException">The range lies in a leased file's mapping (register that through its lease).</exception>
     /// <exception cref="VerbsException">The kernel refused (e.g. EOPNOTSUPP for a pinned FS-DAX mapping).</exception>
     public MemoryRegion Register(void* address, nuint length, AccessFlags access, ulong? iova = null)

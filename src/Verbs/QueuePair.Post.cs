@@ -6,12 +6,12 @@ namespace RdmaLease.Verbs;
 public sealed unsafe partial class QueuePair
 {
     /// <summary>Posts a SEND of <paramref name="data"/> (with immediate data when given).</summary>
-    /// <exception cref="NotSupportedException"><paramref name="data"/> lies in an On-Demand-Paging region on a device
-    /// whose ODP data path is only safe up to a smaller size at this QP's path MTU (a message cannot be split; see
-    /// docs/known-defects.md).</exception>
+    /// <exception cref="NotSupportedException"><paramref name="data"/> lies in an On-Demand-Paging region on a device whose
+    /// <see cref="Device.OdpQuirk"/> allows less at this QP's path MTU, or not at that address (a message cannot be split;
+    /// see docs/known-defects.md).</exception>
     public void PostSend(ulong workRequestId, LocalSegment data, SendFlags flags = SendFlags.Signaled, uint? immediate = null)
     {
-        CheckMessage("SEND", data);
+        _odp?.CheckMessage("SEND", data);
         var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
         var wr = new ibv_send_wr
         {
@@ -49,7 +49,7 @@ public sealed unsafe partial class QueuePair
     public void PostSend(ulong workRequestId, LocalSegment data, AddressHandle address, uint remoteQpn, uint remoteQkey, SendFlags flags = SendFlags.Signaled)
     {
         ArgumentNullException.ThrowIfNull(address);
-        CheckMessage("SEND", data);
+        _odp?.CheckMessage("SEND", data);
         var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
         using var ahRef = address.HandleForChildren.Enter();
         nint ah = ahRef.Pointer;
@@ -69,8 +69,8 @@ public sealed unsafe partial class QueuePair
 
     /// <summary>Posts an RDMA WRITE of <paramref name="source"/> to <paramref name="target"/> at <paramref name="targetOffset"/>.</summary>
     /// <remarks>
-    /// When <paramref name="source"/> is an On-Demand-Paging region on a device whose ODP data path is unsafe for
-    /// multi-packet transfers at this QP's path MTU, or <paramref name="target"/> advertises a
+    /// When <paramref name="source"/> is an On-Demand-Paging region on a device whose <see cref="Device.OdpQuirk"/> limits
+    /// the transfer size at this QP's path MTU, or <paramref name="target"/> advertises a
     /// <see cref="RemoteRegion.MaxTransferPerRequest"/>, the write is posted as a linked list of work requests of at
     /// most that size, in one call: only the last carries <paramref name="flags"/>' Signaled and Solicited and the
     /// immediate data, all carry <paramref name="workRequestId"/> (an error on an earlier, unsignaled piece still
@@ -79,7 +79,9 @@ public sealed unsafe partial class QueuePair
     /// </remarks>
     /// <exception cref="ArgumentOutOfRangeException">The split would take more work requests than one post may (the
     /// send queue's depth, at most 256).</exception>
-    /// <exception cref="NotSupportedException">The device's ODP data path is unsafe even for single packets.</exception>
+    /// <exception cref="NotSupportedException"><paramref name="source"/> is an ODP region on a device whose
+    /// <see cref="Device.OdpQuirk"/> makes this transfer impossible to post correctly (a misaligned address, or a size no
+    /// split can move correctly; see docs/known-defects.md).</exception>
     public void PostWrite(ulong workRequestId, LocalSegment source, RemoteRegion target, ulong targetOffset = 0,
         SendFlags flags = SendFlags.Signaled, uint? immediate = null)
     {
@@ -89,8 +91,8 @@ public sealed unsafe partial class QueuePair
     }
 
     /// <summary>Posts an RDMA READ of <paramref name="destination"/>.Length bytes from <paramref name="source"/> at <paramref name="sourceOffset"/>.</summary>
-    /// <remarks>Split like <see cref="PostWrite"/> when <paramref name="destination"/> is an ODP region on an unsafe
-    /// device or <paramref name="source"/> advertises a limit.</remarks>
+    /// <remarks>Split like <see cref="PostWrite"/> when <paramref name="destination"/> is an ODP region on a device with an
+    /// ODP quirk or <paramref name="source"/> advertises a limit.</remarks>
     /// <exception cref="ArgumentOutOfRangeException">As for <see cref="PostWrite"/>.</exception>
     /// <exception cref="NotSupportedException">As for <see cref="PostWrite"/>.</exception>
     public void PostRead(ulong workRequestId, LocalSegment destination, RemoteRegion source, ulong sourceOffset = 0, SendFlags flags = SendFlags.Signaled)
@@ -103,13 +105,24 @@ public sealed unsafe partial class QueuePair
     void PostTransfer(ulong workRequestId, ibv_wr_opcode opcode, SendFlags flags, uint immediate, LocalSegment local,
         ulong remoteAddress, uint remoteKey, uint remoteLimit)
     {
-        uint limit = TransferLimit(opcode == ibv_wr_opcode.IBV_WR_RDMA_READ ? "RDMA READ" : "RDMA WRITE", local, remoteLimit);
+        uint limit = TransferLimit(opcode, local, remoteLimit);
         int n = TransferSplit.Count(local.Length, limit);
-        CheckPieceCount(n, local.Length, limit);
+        if (n > 1)
+            TransferSplit.CheckPieces(n, _maxSendRequests, $"{this}: this transfer of {local.Length} bytes");
         ibv_send_wr* wrs = stackalloc ibv_send_wr[n];
         ibv_sge* sges = stackalloc ibv_sge[n];
         FillPieces(wrs, sges, n, limit, workRequestId, opcode, flags, immediate, local, remoteAddress, remoteKey);
         Post(wrs, local.Region);
+    }
+
+    /// <summary>
+    /// The largest transfer one work request may move for <paramref name="local"/>: the remote region's limit, and the
+    /// device's ODP quirk's where one is in force (which may refuse the transfer). Without a quirk: one field test.
+    /// </summary>
+    internal uint TransferLimit(ibv_wr_opcode opcode, in LocalSegment local, uint remoteLimit)
+    {
+        uint limit = TransferSplit.Combine(OdpIntegrityResult.Unlimited, remoteLimit);
+        return _odp is null ? limit : _odp.TransferLimit(opcode == ibv_wr_opcode.IBV_WR_RDMA_READ ? "RDMA READ" : "RDMA WRITE", local, limit);
     }
 
     /// <summary>Fills <paramref name="n"/> linked work requests for one transfer split at <paramref name="limit"/>.</summary>
@@ -215,12 +228,12 @@ public sealed unsafe partial class QueuePair
     }
 
     /// <summary>Posts a receive buffer.</summary>
-    /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device
-    /// whose ODP data path is unsafe for multi-packet transfers at this QP's path MTU, and is larger than the safe size
-    /// (one packet): a message arriving there could be misplaced (see docs/known-defects.md).</exception>
+    /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device whose
+    /// <see cref="Device.OdpQuirk"/> allows less at this QP's path MTU (one packet, below a page-sized MTU on rxe), or not at
+    /// that address: a message arriving there could be misplaced (see docs/known-defects.md).</exception>
     public void PostReceive(ulong workRequestId, LocalSegment buffer)
     {
-        CheckMessage("receive", buffer);
+        _odp?.CheckMessage("receive", buffer);
         var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
         var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
         using var mr = buffer.Region.EnterForPost();
@@ -266,23 +279,19 @@ public sealed unsafe partial class QueuePair
             ref readonly SendRequest r = ref requests[i];
             if (r.IsSend)
             {
-                CheckMessage("SEND", r.Local);
+                _odp?.CheckMessage("SEND", r.Local);
                 limits[i] = OdpIntegrityResult.Unlimited;
             }
             else
             {
-                limits[i] = TransferLimit(r.IsRead ? "RDMA READ" : "RDMA WRITE", r.Local, r.RemoteLimit);
+                limits[i] = TransferLimit(r.IsRead ? ibv_wr_opcode.IBV_WR_RDMA_READ : ibv_wr_opcode.IBV_WR_RDMA_WRITE, r.Local, r.RemoteLimit);
             }
             total += TransferSplit.Count(r.Local.Length, limits[i]);
             if (total > TransferSplit.MaxPieces)
                 break;
         }
-        int maxPieces = Math.Min(TransferSplit.MaxPieces, _maxSendRequests);
-        if (total > maxPieces && total > requests.Length)
-            throw new ArgumentOutOfRangeException(nameof(requests), requests.Length,
-                $"{this}: these {requests.Length} requests must be split into {(total > TransferSplit.MaxPieces ? "more than " + TransferSplit.MaxPieces : total)} work requests " +
-                $"(ODP regions on a device with the multi-packet defect, or remote regions' MaxTransferPerRequest; see docs/known-defects.md), more than one post " +
-                $"may take ({maxPieces}: the send queue holds {_maxSendRequests}, a split at most {TransferSplit.MaxPieces}). Post fewer or smaller transfers per call.");
+        if (total > requests.Length)
+            TransferSplit.CheckPieces(total, _maxSendRequests, $"{this}: these {requests.Length} requests");
         ibv_send_wr* wrs = stackalloc ibv_send_wr[total];
         ibv_sge* sges = stackalloc ibv_sge[total];
         using var regions = RegionReferences.Enter(requests);

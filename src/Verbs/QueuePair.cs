@@ -28,6 +28,8 @@ public sealed record QueuePairOptions
     public int MaxInlineData { get; init; }
     /// <summary>Every send request completes with a completion, whatever its flags.</summary>
     public bool SignalAll { get; init; }
+    /// <summary>The ODP integrity probe's queue pairs: the device's <see cref="OdpQuirk"/> does not apply to them.</summary>
+    internal bool WithoutOdpQuirk { get; init; }
 }
 
 /// <summary>
@@ -62,20 +64,26 @@ public sealed unsafe partial class QueuePair : VerbsObject
     readonly ibv_qp_ex* _qpx;
     readonly uint _initialPsn;
     readonly int _maxSendRequests;
-    // The ODP transfer limit at this QP's path MTU (docs/known-defects.md), -1 until looked up.
-    long _odpLimit = -1;
+    // The device's ODP quirk at this QP's path MTU (Quirks/OdpQuirk.cs; before Connect, the ports' strictest), null when
+    // there is none or it allows everything: all the post path does about ODP on other devices is test this field.
+    OdpRule? _odp;
+    bool _odpOff;
 
-    /// <summary>
-    /// Test and probe hook: when set, the transfer limit of every post, whatever the regions (Unlimited turns the
-    /// ODP protection off: transfers are not split and receives and SENDs are not refused).
-    /// </summary>
-    internal uint? OdpLimitOverride { get; set; }
-
-    /// <summary>Turns the ODP integrity protection off for this QP, so a test can show the corruption it prevents.</summary>
+    /// <summary>Turns the device's ODP quirk off for this QP, so a test can show the corruption it prevents.</summary>
     internal bool UnsafeOdpProtectionOff
     {
-        get => OdpLimitOverride == OdpIntegrityResult.Unlimited;
-        set => OdpLimitOverride = value ? OdpIntegrityResult.Unlimited : null;
+        get => _odpOff;
+        set
+        {
+            _odpOff = value;
+            ApplyOdpQuirk();
+        }
+    }
+
+    void ApplyOdpQuirk()
+    {
+        OdpQuirk? quirk = _odpOff ? null : ProtectionDomain.Device.OdpQuirk;
+        _odp = quirk is null ? null : PathMtu is { } mtu ? quirk.RuleAt(mtu) : quirk.RuleForPeers();
     }
 
     const ulong ExtendedOps = (ulong)(ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM
@@ -117,6 +125,8 @@ public sealed unsafe partial class QueuePair : VerbsObject
         _qpx = qpx;
         _initialPsn = (uint)Random.Shared.Next(0, 1 << 24);
         _maxSendRequests = options.MaxSendRequests;
+        _odpOff = options.WithoutOdpQuirk;
+        ApplyOdpQuirk();
     }
 
     static NativeHandle Create(ProtectionDomain pd, QueuePairOptions o, out ibv_qp* qp, out ibv_qp_ex* qpx)
@@ -241,7 +251,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_TIMEOUT | ibv_qp_attr_mask.IBV_QP_RETRY_CNT | ibv_qp_attr_mask.IBV_QP_RNR_RETRY | ibv_qp_attr_mask.IBV_QP_SQ_PSN
             | ibv_qp_attr_mask.IBV_QP_MAX_QP_RD_ATOMIC, "RTR->RTS");
         PathMtu = mtu;
-        Volatile.Write(ref _odpLimit, -1);
+        ApplyOdpQuirk();
     }
 
     static AccessFlags DefaultRemoteAccess(Device device) =>
@@ -261,7 +271,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_RTS, sq_psn = _initialPsn };
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_SQ_PSN, "RTR->RTS");
         PathMtu = ProtectionDomain.Device.QueryPort(port).ActiveMtu;
-        Volatile.Write(ref _odpLimit, -1);
+        ApplyOdpQuirk();
     }
 
     /// <summary>Moves the QP to the error state: outstanding requests complete with WorkRequestFlushed.</summary>

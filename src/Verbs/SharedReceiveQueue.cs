@@ -13,10 +13,14 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
     /// <summary>The domain of the SRQ.</summary>
     public ProtectionDomain ProtectionDomain { get; }
 
+    // The device's ODP quirk for the ports' active MTUs (Quirks/OdpQuirk.cs), null when none applies.
+    readonly OdpRule? _odp;
+
     internal SharedReceiveQueue(ProtectionDomain pd, int maxWorkRequests, int maxScatterGather)
         : base(Create(pd, maxWorkRequests, maxScatterGather), pd)
     {
         ProtectionDomain = pd;
+        _odp = pd.Device.OdpQuirk?.RuleForPeers();
     }
 
     static NativeHandle Create(ProtectionDomain pd, int maxWr, int maxSge)
@@ -39,19 +43,11 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
 
     /// <summary>Posts a receive buffer to the shared queue.</summary>
     /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device whose
-    /// ODP data path misplaces multi-packet transfers at a port's active MTU, and is larger than the safe size (one packet;
-    /// see docs/known-defects.md). An SRQ is not tied to one QP: the limit is the one for the ports' active MTUs.</exception>
+    /// <see cref="Device.OdpQuirk"/> allows less (one packet, below a page-sized MTU on rxe) or not at that address (see
+    /// docs/known-defects.md). An SRQ is not tied to one QP: the rule is the strictest of the ports' active MTUs when it was created.</exception>
     public void PostReceive(ulong workRequestId, LocalSegment buffer)
     {
-        if (buffer.Region.IsOnDemand)
-        {
-            var rule = ProtectionDomain.Device.OdpTransferRuleForPeers();
-            if (!rule.IsSound && (buffer.Length > rule.MaxTransfer || buffer.Address % rule.Alignment != 0))
-                throw new NotSupportedException(
-                    $"receive of {buffer.Length} bytes in {buffer.Region}: an On-Demand-Paging region on {ProtectionDomain.Device.Name}, where the ODP integrity " +
-                    $"probe found transfers into ODP memory correct only up to {rule.MaxTransfer} bytes per work request from {rule.Alignment}-byte aligned addresses " +
-                    "(rxe misplaces transfers that touch ODP memory; see docs/known-defects.md). Receive into a pinned region instead.");
-        }
+        _odp?.CheckMessage("receive", buffer);
         var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
         var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
         using var mr = buffer.Region.EnterForPost();

@@ -4,7 +4,7 @@ using RdmaLease.Verbs;
 
 namespace RdmaLease.Tests.Integrity;
 
-/// <summary>The ODP integrity probe on the guest's devices, its cache, and the C reproducer.</summary>
+/// <summary>The ODP integrity probe on the guest's devices (against the quirk table's rxe entry), and the C reproducer.</summary>
 [Category("Guest")]
 public class OdpProbeGuestTests
 {
@@ -27,7 +27,6 @@ public class OdpProbeGuestTests
         Assert.That(result.IsSound, Is.False);
         Assert.That(result.DeviceName, Is.EqualTo(deviceName));
         Assert.That(result.KernelRelease, Is.EqualTo(File.ReadAllText("/proc/sys/kernel/osrelease").Trim()));
-        Assert.That(result.FromDiskCache, Is.False);
         var multi = result.Checks.Where(c => c.WorkRequests == 1 && c.Length == 4 * mtuBytes).ToList();
         Assert.That(multi, Has.Count.EqualTo(12), "six operations at two offsets, four packets in one work request each");
         Assert.That(multi.Where(c => c.Offset != 0), Has.None.Matches<OdpIntegrityCheck>(c => c.Passed), "mid-page: corrupt at every MTU");
@@ -45,8 +44,10 @@ public class OdpProbeGuestTests
             Assert.That(single, Has.Count.EqualTo(6));
             Assert.That(single, Has.All.Matches<OdpIntegrityCheck>(c => c.Passed && c.Offset == Environment.SystemPageSize), "one packet from a page boundary: intact");
         }
-        // QPs at that MTU now use this verdict without probing again.
-        Assert.That(device.OdpIntegrity(MtuExtensions.FromBytes(mtuBytes)), Is.SameAs(result));
+        // The quirk table's rxe entry, in force without probing, is what the probe measures on this kernel.
+        Assert.That(device.OdpQuirk, Is.Not.Null);
+        var rule = device.OdpQuirk!.RuleAt(MtuExtensions.FromBytes(mtuBytes))!;
+        Assert.That((rule.MaxTransfer, rule.Alignment), Is.EqualTo((result.MaxSafeTransfer, result.RequiredAlignment)), rule.ToString());
     }
 
     [Test]
@@ -69,39 +70,13 @@ public class OdpProbeGuestTests
     }
 
     [Test]
-    public void ResultsAreCachedOnDiskPerDeviceKernelAndMtu()
-    {
-        string? saved = Environment.GetEnvironmentVariable("RDMA_LEASE_CACHE");
-        using var dir = new TempDir();
-        Environment.SetEnvironmentVariable("RDMA_LEASE_CACHE", dir.Path);
-        try
-        {
-            using var device = Device.Open("rxelo");
-            var probed = device.CheckOdpIntegrity(Mtu.Mtu1024);
-            string file = Path.Combine(dir.Path, "odp-integrity.json");
-            Assert.That(File.Exists(file), file);
-            Assert.That(File.ReadAllText(file), Does.Contain("\"device\": \"rxelo\"").And.Contain(probed.KernelRelease));
-
-            OdpIntegrityCache.ClearMemory();
-            var cached = device.OdpIntegrity(Mtu.Mtu1024);
-            Assert.That(cached.FromDiskCache, "read back from the file, not probed again");
-            Assert.That(cached.MaxSafeTransfer, Is.EqualTo(probed.MaxSafeTransfer));
-            Assert.That(cached.TestedAt, Is.EqualTo(probed.TestedAt));
-            Assert.That(cached.Checks, Is.EqualTo(probed.Checks));
-        }
-        finally
-        {
-            Environment.SetEnvironmentVariable("RDMA_LEASE_CACHE", saved);
-            OdpIntegrityCache.ClearMemory();
-        }
-    }
-
-    [Test]
     public void AnMtuAboveThePortsActiveMtuIsRefused()
     {
         using var device = Device.Open("rxe0");
         Assert.That(device.QueryPort().ActiveMtu, Is.EqualTo(Mtu.Mtu1024));
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => device.OdpIntegrity(Mtu.Mtu4096))!;
+        int runs = OdpIntegrityProbe.Runs;
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => device.CheckOdpIntegrity(Mtu.Mtu4096))!;
+        Assert.That(OdpIntegrityProbe.Runs, Is.EqualTo(runs), "refused before probing");
         Assert.That(e.Message, Does.Contain("active MTU 1024"));
     }
 

@@ -23,9 +23,9 @@ public class SplitCostGuestTests
         Patterns.Fill(rig.PinA.Span[..Length], 3);
         var pinnedRemote = rig.PinB.ToRemote();
 
-        double whole = Measure(a, rig, pinnedRemote, split: null);
-        double split4k = Measure(a, rig, pinnedRemote, split: 4096);
-        double split1k = Measure(a, rig, pinnedRemote, split: 1024);
+        double whole = Measure(a, rig, pinnedRemote);
+        double split4k = Measure(a, rig, pinnedRemote with { MaxTransferPerRequest = 4096 });
+        double split1k = Measure(a, rig, pinnedRemote with { MaxTransferPerRequest = 1024 });
         Patterns.AssertEqual(rig.PinB.Span[..Length], rig.PinA.Span[..Length], "pinned target after the split writes");
 
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -34,28 +34,20 @@ public class SplitCostGuestTests
         Assert.That(whole, Is.Positive);
     }
 
-    /// <summary>Microseconds per signaled write, posted and waited for one at a time.</summary>
-    static double Measure(QueuePair a, OdpRig rig, RemoteRegion target, uint? split)
+    /// <summary>Microseconds per signaled write, posted and waited for one at a time (split at the target's MaxTransferPerRequest).</summary>
+    static double Measure(QueuePair a, OdpRig rig, RemoteRegion target)
     {
-        a.OdpLimitOverride = split;
-        try
+        for (int i = 0; i < Warmup; i++)
         {
-            for (int i = 0; i < Warmup; i++)
-            {
-                a.PostWrite((ulong)i, rig.PinA.Slice(0, Length), target);
-                RcPair.Expect(rig.Pair.CqA, WorkCompletionOpcode.RdmaWrite, (ulong)i);
-            }
-            var watch = Stopwatch.StartNew();
-            for (int i = 0; i < Iterations; i++)
-            {
-                a.PostWrite((ulong)i, rig.PinA.Slice(0, Length), target);
-                RcPair.Expect(rig.Pair.CqA, WorkCompletionOpcode.RdmaWrite, (ulong)i);
-            }
-            return watch.Elapsed.TotalMicroseconds / Iterations;
+            a.PostWrite((ulong)i, rig.PinA.Slice(0, Length), target);
+            RcPair.Expect(rig.Pair.CqA, WorkCompletionOpcode.RdmaWrite, (ulong)i);
         }
-        finally
+        var watch = Stopwatch.StartNew();
+        for (int i = 0; i < Iterations; i++)
         {
-            a.OdpLimitOverride = null;
+            a.PostWrite((ulong)i, rig.PinA.Slice(0, Length), target);
+            RcPair.Expect(rig.Pair.CqA, WorkCompletionOpcode.RdmaWrite, (ulong)i);
         }
+        return watch.Elapsed.TotalMicroseconds / Iterations;
     }
 }

@@ -2,7 +2,7 @@ using RdmaLease.Verbs;
 
 namespace RdmaLease.Tests.Integrity;
 
-/// <summary>Host tests: the split arithmetic, the cache's file format and the verdict text (no device needed).</summary>
+/// <summary>Host tests: the split arithmetic and the verdict text (no device needed).</summary>
 public class TransferSplitTests
 {
     [TestCase(0u, 1024u, 1)]
@@ -58,26 +58,14 @@ public class TransferSplitTests
         Assert.That(TransferSplit.Combine(local, remote), Is.EqualTo(combined));
 
     [Test]
-    public void CacheFileRoundTrips()
+    public void TooManyPiecesForOnePostAreRefusedSayingWhy()
     {
-        var checks = new[]
-        {
-            new OdpIntegrityCheck(OdpIntegrityOperation.WriteInto, 0, 4096, 1, 4084, 0, null),
-            new OdpIntegrityCheck(OdpIntegrityOperation.SendInto, 3576, 4096, 4, 0, -1, "wr 7: RemoteAccessError"),
-        };
-        var results = new[]
-        {
-            new OdpIntegrityResult("rxelo", "7.3.4+deb13-amd64", Mtu.Mtu1024, 1024, 4096, new DateTimeOffset(2026, 11, 24, 10, 0, 0, TimeSpan.Zero), checks),
-            new OdpIntegrityResult("rxe0", "7.3.4+deb13-amd64", Mtu.Mtu4096, OdpIntegrityResult.Unlimited, 1, DateTimeOffset.UnixEpoch, []),
-        };
-        var back = OdpIntegrityCache.Parse(OdpIntegrityCache.Serialize(results));
-        Assert.That(back, Has.Count.EqualTo(2));
-        Assert.That(back[0].FromDiskCache);
-        Assert.That((back[0].DeviceName, back[0].KernelRelease, back[0].PathMtu, back[0].MaxSafeTransfer, back[0].RequiredAlignment, back[0].TestedAt),
-            Is.EqualTo((results[0].DeviceName, results[0].KernelRelease, results[0].PathMtu, results[0].MaxSafeTransfer, results[0].RequiredAlignment, results[0].TestedAt)));
-        Assert.That(back[0].Checks, Is.EqualTo(checks));
-        Assert.That(back[1].IsUnlimited);
-        Assert.That(back[1].PathMtu, Is.EqualTo(Mtu.Mtu4096));
+        TransferSplit.CheckPieces(64, 64, "QP 7");
+        TransferSplit.CheckPieces(TransferSplit.MaxPieces, 1024, "QP 7");
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => TransferSplit.CheckPieces(65, 64, "QP 7: this transfer of 66560 bytes"))!;
+        Assert.That(e.Message, Does.StartWith("QP 7: this transfer of 66560 bytes must be split into 65 work requests")
+            .And.Contain("(64: the send queue holds 64, a split at most 256)").And.Contain("docs/known-defects.md"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => TransferSplit.CheckPieces(TransferSplit.MaxPieces + 1, 4096, "QP 7"));
     }
 
     [Test]

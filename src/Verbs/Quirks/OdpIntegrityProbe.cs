@@ -12,91 +12,82 @@ namespace RdmaLease.Verbs;
 /// each way (WRITE and READ with the ODP region as responder and as requester, SEND into and out of it),
 /// at a page-aligned offset and at one that starts mid-page, and compares every byte of the window. When
 /// any of that is wrong it repeats everything split into one path MTU per work request (per message for
-/// SEND), through the same splitting code <see cref="QueuePair"/> posts with.
+/// SEND), through the same splitting code <see cref="QueuePair"/> posts with. Its queue pairs ignore the device's
+/// <see cref="OdpQuirk"/>: they measure the device itself.
 /// </summary>
 internal static unsafe class OdpIntegrityProbe
 {
-    [ThreadStatic] static bool t_running;
-
-    /// <summary>True on the thread running a probe: its own ODP registration must not start another.</summary>
-    internal static bool IsRunning => t_running;
-
     /// <summary>The mid-page start: not MTU-aligned, and the first packet crosses a page boundary.</summary>
     internal const int UnalignedOffset = 3576;
 
     static readonly OdpIntegrityOperation[] Operations = Enum.GetValues<OdpIntegrityOperation>();
+    static int s_runs;
 
-    public static OdpIntegrityResult Run(Device device, Mtu mtu, byte port, string kernelRelease)
+    /// <summary>How many probes this process has started (tests: what did not run one).</summary>
+    internal static int Runs => Volatile.Read(ref s_runs);
+
+    public static OdpIntegrityResult Run(Device device, Mtu mtu, byte port)
     {
+        Interlocked.Increment(ref s_runs);
         int m = mtu.Bytes();
         int length = 4 * m;
         int page = Environment.SystemPageSize;
         int window = (UnalignedOffset + length + 512 + page - 1) / page * page;
         var checks = new List<OdpIntegrityCheck>();
         var testedAt = DateTimeOffset.UtcNow;
-        bool wasRunning = t_running;
-        t_running = true;
-        try
-        {
-            using var memory = new SharedMemory(window);
-            using var pd = device.AllocateProtectionDomain();
-            using var cq = device.CreateCompletionQueue(256);
-            const AccessFlags access = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
-            using var odp = pd.Register(memory.Pointer, (nuint)window, access | AccessFlags.OnDemand);
-            using var pinned = pd.AllocateBuffer(window, access);
-            using var session = new Session(device, pd, cq, mtu, port, odp, pinned, memory);
+        using var memory = new SharedMemory(window);
+        using var pd = device.AllocateProtectionDomain();
+        using var cq = device.CreateCompletionQueue(256);
+        const AccessFlags access = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
+        using var odp = pd.Register(memory.Pointer, (nuint)window, access | AccessFlags.OnDemand);
+        using var pinned = pd.AllocateBuffer(window, access);
+        using var session = new Session(device, pd, cq, mtu, port, odp, pinned, memory);
 
-            // 1. Four packets in one work request, at a page-aligned and at a mid-page ODP address.
+        // 1. Four packets in one work request, at a page-aligned and at a mid-page ODP address.
+        foreach (var op in Operations)
+        {
+            checks.Add(session.Check(op, 0, length, split: false));
+            checks.Add(session.Check(op, UnalignedOffset, length, split: false));
+        }
+        bool multiAligned = checks.Where(c => c.Offset == 0).All(c => c.Passed);
+        bool multiUnaligned = checks.Where(c => c.Offset != 0).All(c => c.Passed);
+        uint limit, alignment = 1;
+        if (multiAligned && multiUnaligned)
+        {
+            limit = OdpIntegrityResult.Unlimited;
+        }
+        else
+        {
+            // 2. The same split into one path MTU per work request (per message for SEND), through the
+            //    QP's splitting code, from both addresses.
+            int before = checks.Count;
             foreach (var op in Operations)
             {
-                checks.Add(session.Check(op, 0, length, split: false));
-                checks.Add(session.Check(op, UnalignedOffset, length, split: false));
+                checks.Add(session.Check(op, 0, length, split: true));
+                checks.Add(session.Check(op, UnalignedOffset, length, split: true));
             }
-            bool multiAligned = checks.Where(c => c.Offset == 0).All(c => c.Passed);
-            bool multiUnaligned = checks.Where(c => c.Offset != 0).All(c => c.Passed);
-            uint limit, alignment = 1;
-            if (multiAligned && multiUnaligned)
+            if (checks.Skip(before).All(c => c.Passed))
             {
+                limit = (uint)m;
+            }
+            else if (multiAligned)
+            {
+                // Whole transfers from a page boundary are right; only the address's in-page offset is lost.
                 limit = OdpIntegrityResult.Unlimited;
+                alignment = (uint)page;
             }
             else
             {
-                // 2. The same split into one path MTU per work request (per message for SEND), through the
-                //    QP's splitting code, from both addresses.
-                int before = checks.Count;
+                // 3. One packet at a page boundary (the second page: not the region's first byte).
+                int single = checks.Count;
                 foreach (var op in Operations)
-                {
-                    checks.Add(session.Check(op, 0, length, split: true));
-                    checks.Add(session.Check(op, UnalignedOffset, length, split: true));
-                }
-                if (checks.Skip(before).All(c => c.Passed))
-                {
-                    limit = (uint)m;
-                }
-                else if (multiAligned)
-                {
-                    // Whole transfers from a page boundary are right; only the address's in-page offset is lost.
-                    limit = OdpIntegrityResult.Unlimited;
-                    alignment = (uint)page;
-                }
-                else
-                {
-                    // 3. One packet at a page boundary (the second page: not the region's first byte).
-                    int single = checks.Count;
-                    foreach (var op in Operations)
-                        checks.Add(session.Check(op, page, m, split: false));
-                    bool singleAligned = checks.Skip(single).All(c => c.Passed);
-                    limit = singleAligned ? (uint)m : 0;
-                    alignment = singleAligned ? (uint)page : 1;
-                }
+                    checks.Add(session.Check(op, page, m, split: false));
+                bool singleAligned = checks.Skip(single).All(c => c.Passed);
+                limit = singleAligned ? (uint)m : 0;
+                alignment = singleAligned ? (uint)page : 1;
             }
-            uint verdict = limit;
-            return new OdpIntegrityResult(device.Name, kernelRelease, mtu, verdict, alignment, testedAt, checks);
         }
-        finally
-        {
-            t_running = wasRunning;
-        }
+        return new OdpIntegrityResult(device.Name, OdpQuirk.KernelRelease, mtu, limit, alignment, testedAt, checks);
     }
 
     /// <summary>A shared mapping of a memfd: file-backed shared memory, as the real use (a mapped file) is.</summary>
@@ -178,7 +169,7 @@ internal static unsafe class OdpIntegrityProbe
         {
             _a?.Dispose();
             _b?.Dispose();
-            var options = new QueuePairOptions { SendCompletionQueue = _cq, ReceiveCompletionQueue = _cq, MaxSendRequests = 64, MaxReceiveRequests = 16 };
+            var options = new QueuePairOptions { SendCompletionQueue = _cq, ReceiveCompletionQueue = _cq, MaxSendRequests = 64, MaxReceiveRequests = 16, WithoutOdpQuirk = true };
             _a = _pd.CreateQueuePair(options);
             _b = _pd.CreateQueuePair(options);
             var connect = new ConnectOptions { GidIndex = _gidIndex, Port = _port, PathMtu = _mtu, RnrRetry = 7 };
@@ -197,12 +188,10 @@ internal static unsafe class OdpIntegrityProbe
             byte[] expected = target.ToArray();
             source.Slice(offset, length).CopyTo(expected.AsSpan(offset));
 
-            // Split: the QP splits writes and reads itself (the code under test); SENDs are one message per MTU.
-            uint limit = split ? (uint)m : OdpIntegrityResult.Unlimited;
-            _a.OdpLimitOverride = limit;
-            _b.OdpLimitOverride = OdpIntegrityResult.Unlimited;
-            var odpRemote = new RemoteRegion(_odp.Iova, _odp.Length, _odp.RemoteKey);
-            var pinRemote = new RemoteRegion(_pinned.Iova, _pinned.Length, _pinned.RemoteKey);
+            // Split: the QP splits writes and reads at the remote region's limit (the code under test); SENDs are one message per MTU.
+            uint limit = split ? (uint)m : 0;
+            var odpRemote = new RemoteRegion(_odp.Iova, _odp.Length, _odp.RemoteKey, limit);
+            var pinRemote = new RemoteRegion(_pinned.Iova, _pinned.Length, _pinned.RemoteKey, limit);
             uint len = (uint)length, off = (uint)offset;
             int requests = split ? (length + m - 1) / m : 1;
             int completions = 1;

@@ -71,21 +71,17 @@ public sealed record OdpIntegrityResult(string DeviceName, string KernelRelease,
     /// <summary>True when not even single-packet transfers were correct: ODP regions must not be used.</summary>
     public bool IsUnsafe => MaxSafeTransfer == 0;
 
-    /// <summary>True when this result was read from the on-disk cache rather than measured by this process.</summary>
-    public bool FromDiskCache { get; init; }
-
     /// <summary>One line for people, e.g. "rxelo at path MTU 1024: ODP safe up to 1024 bytes per work request".</summary>
-    public string Verdict
+    public string Verdict => Describe(DeviceName, PathMtu, MaxSafeTransfer, RequiredAlignment);
+
+    internal static string Describe(string device, Mtu pathMtu, uint maxSafeTransfer, uint requiredAlignment)
     {
-        get
-        {
-            string size = IsUnlimited ? "ODP safe for any transfer size"
-                : IsUnsafe ? "ODP UNSAFE (even single-packet transfers were wrong)"
-                : string.Create(CultureInfo.InvariantCulture, $"ODP safe up to {MaxSafeTransfer} bytes per work request (multi-packet transfers corrupt)");
-            string align = IsUnsafe || RequiredAlignment <= 1 ? ""
-                : string.Create(CultureInfo.InvariantCulture, $", only at {RequiredAlignment}-byte aligned ODP addresses (unaligned ones land at the page start)");
-            return string.Create(CultureInfo.InvariantCulture, $"{DeviceName} at path MTU {PathMtu.Bytes()}: {size}{align}");
-        }
+        string size = maxSafeTransfer == Unlimited ? "ODP safe for any transfer size"
+            : maxSafeTransfer == 0 ? "ODP UNSAFE (even single-packet transfers were wrong)"
+            : string.Create(CultureInfo.InvariantCulture, $"ODP safe up to {maxSafeTransfer} bytes per work request (multi-packet transfers corrupt)");
+        string align = maxSafeTransfer == 0 || requiredAlignment <= 1 ? ""
+            : string.Create(CultureInfo.InvariantCulture, $", only at {requiredAlignment}-byte aligned ODP addresses (unaligned ones land at the page start)");
+        return string.Create(CultureInfo.InvariantCulture, $"{device} at path MTU {pathMtu.Bytes()}: {size}{align}");
     }
 
     /// <inheritdoc/>

@@ -1,9 +1,9 @@
 namespace RdmaLease.Verbs;
 
 /// <summary>
-/// The arithmetic of splitting one transfer into work requests of at most a limit each (pure functions,
-/// tested on the host). Limits use <see cref="OdpIntegrityResult"/>'s convention: <see cref="OdpIntegrityResult.Unlimited"/>
-/// for none, 0 for "no transfer is safe".
+/// The arithmetic of splitting one transfer into work requests of at most a limit each (an ODP quirk's, or a remote
+/// region's <see cref="RemoteRegion.MaxTransferPerRequest"/>; pure functions, tested on the host). Limits use
+/// <see cref="OdpIntegrityResult"/>'s convention: <see cref="OdpIntegrityResult.Unlimited"/> for none, 0 for "no transfer is safe".
 /// </summary>
 internal static class TransferSplit
 {
@@ -23,6 +23,17 @@ internal static class TransferSplit
         if (length <= limit)
             return 1;
         return (int)Math.Min(((ulong)length + limit - 1) / limit, int.MaxValue);
+    }
+
+    /// <summary>Throws when <paramref name="pieces"/> work requests are more than one post may take: the send queue's depth, at most <see cref="MaxPieces"/>.</summary>
+    public static void CheckPieces(int pieces, int sendQueueDepth, string what)
+    {
+        int max = Math.Min(MaxPieces, sendQueueDepth);
+        if (pieces > max)
+            throw new ArgumentOutOfRangeException(nameof(pieces), pieces,
+                $"{what} must be split into {pieces} work requests (an ODP quirk of the device, or the remote region's MaxTransferPerRequest; see " +
+                $"docs/known-defects.md), more than one post may take ({max}: the send queue holds {sendQueueDepth}, a split at most {MaxPieces}). " +
+                "Post fewer or smaller transfers per call.");
     }
 
     /// <summary>Piece <paramref name="index"/> of the split: its offset from the transfer's start and its length.</summary>
