@@ -25,6 +25,7 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
 
     readonly NativeHandle? _channel;
     readonly int _channelFd = -1;
+    readonly bool _kernelWcFlags;   // the device reports the kernel's ib_wc_flags (Quirks/CompletionFlagsQuirk.cs)
     readonly object _waitLock = new();
     TaskCompletionSource? _waiter;
 
@@ -41,6 +42,7 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
         Device = device;
         Capacity = capacity;
         _channel = channel;
+        _kernelWcFlags = KnownCompletionFlagsDefect.Find(device.Driver) is not null;
         if (channel != null)
         {
             _channelFd = ((ibv_comp_channel*)channel.DangerousGetHandle())->fd;
@@ -101,6 +103,11 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
             n = RdmaLeaseNative.PollCq((ibv_cq*)cq, completions.Length, (ibv_wc*)wc);
         if (n < 0)
             throw new VerbsException("ibv_poll_cq", ToString(), -n);
+        if (_kernelWcFlags && n > 0)
+        {
+            fixed (WorkCompletion* wc = completions)
+                KnownCompletionFlagsDefect.Translate((ibv_wc*)wc, n);
+        }
         return n;
     }
 
