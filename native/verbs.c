@@ -144,3 +144,95 @@ RL_EXPORT int32_t RdmaLeaseNative_WrAtomic(struct ibv_qp_ex *qpx, uint64_t wr_id
     ibv_wr_set_sge(qpx, lkey, addr, 8);
     return ibv_wr_complete(qpx);
 }
+
+// ---- Memory windows ------------------------------------------------------------------------
+
+_Static_assert(IBV_MW_TYPE_1 == 1 && IBV_MW_TYPE_2 == 2, "ibv_mw_type");
+_Static_assert(IBV_WR_LOCAL_INV == 7 && IBV_WR_BIND_MW == 8 && IBV_WR_SEND_WITH_INV == 9, "ibv_wr_opcode (windows)");
+
+/** ibv_alloc_mw: a memory window of type IBV_MW_TYPE_1 or IBV_MW_TYPE_2 in pd. Returns the window, or
+ *  NULL with errno set (EOPNOTSUPP where the provider has no memory windows). */
+RL_EXPORT struct ibv_mw *RdmaLeaseNative_AllocMw(struct ibv_pd *pd, int32_t type)
+{
+    return ibv_alloc_mw(pd, (enum ibv_mw_type)type);
+}
+
+/** ibv_dealloc_mw: frees a window (bound or not; the kernel unbinds it). Returns 0 or an errno value. */
+RL_EXPORT int32_t RdmaLeaseNative_DeallocMw(struct ibv_mw *mw)
+{
+    return ibv_dealloc_mw(mw);
+}
+
+/** ibv_bind_mw (type 1 windows only): posts on qp a bind of [addr, addr+length) of mr with the
+ *  IBV_ACCESS_* flags in access; length 0 with addr 0 unbinds. mr must not be NULL even to unbind: rxe's
+ *  provider reads bind_info.mr->lkey whatever the length. On success the provider has stored the
+ *  window's next rkey in mw->rkey. Returns 0 or an errno value (EINVAL for a type 2 window, EPERM when
+ *  mr and mw are in different protection domains). */
+RL_EXPORT int32_t RdmaLeaseNative_BindMw(struct ibv_qp *qp, struct ibv_mw *mw, uint64_t wr_id, uint32_t send_flags,
+                                         struct ibv_mr *mr, uint64_t addr, uint64_t length, uint32_t access)
+{
+    struct ibv_mw_bind bind = {
+        .wr_id = wr_id,
+        .send_flags = send_flags,
+        .bind_info = { .mr = mr, .addr = addr, .length = length, .mw_access_flags = access },
+    };
+    return ibv_bind_mw(qp, mw, &bind);
+}
+
+// ---- Extended completion queues ------------------------------------------------------------
+
+_Static_assert(IBV_WC_STANDARD_FLAGS == 0x7f, "IBV_WC_STANDARD_FLAGS");
+_Static_assert(IBV_WC_GRH == 1 && IBV_WC_WITH_IMM == 2 && IBV_WC_WITH_INV == 8, "ibv_wc_flags");
+
+/** ibv_create_cq_ex. Returns the CQ (ibv_cq_ex_to_cq of it is the plain ibv_cq every other verb
+ *  takes), or NULL with errno set (EOPNOTSUPP where the provider has no extended CQs or lacks a
+ *  requested wc_flags field). */
+RL_EXPORT struct ibv_cq_ex *RdmaLeaseNative_CreateCqEx(struct ibv_context *context, struct ibv_cq_init_attr_ex *attr)
+{
+    return ibv_create_cq_ex(context, attr);
+}
+
+/** Up to num_entries completions of an extended CQ created with IBV_WC_STANDARD_FLAGS, through
+ *  ibv_start_poll / ibv_next_poll / ibv_end_poll, written as struct ibv_wc (pkey_index, which the
+ *  extended API does not report, is 0). One call, whatever the count. Returns the number written
+ *  (>= 0), or a negative errno value when the provider reports an error other than ENOENT (empty). */
+RL_EXPORT int32_t RdmaLeaseNative_PollCqEx(struct ibv_cq_ex *cq, int32_t num_entries, struct ibv_wc *wc)
+{
+    if (num_entries <= 0)
+        return 0;
+    struct ibv_poll_cq_attr attr = { .comp_mask = 0 };
+    int rc = ibv_start_poll(cq, &attr);
+    if (rc == ENOENT)
+        return 0;
+    if (rc != 0)
+        return -rc;
+    int32_t n = 0;
+    for (;;) {
+        struct ibv_wc *w = &wc[n];
+        w->wr_id = cq->wr_id;
+        w->status = cq->status;
+        w->opcode = ibv_wc_read_opcode(cq);
+        w->vendor_err = ibv_wc_read_vendor_err(cq);
+        w->byte_len = ibv_wc_read_byte_len(cq);
+        w->wc_flags = ibv_wc_read_wc_flags(cq);
+        w->imm_data = (w->wc_flags & (IBV_WC_WITH_IMM | IBV_WC_WITH_INV)) ? ibv_wc_read_imm_data(cq) : 0;
+        w->qp_num = ibv_wc_read_qp_num(cq);
+        w->src_qp = ibv_wc_read_src_qp(cq);
+        w->pkey_index = 0;
+        w->slid = (uint16_t)ibv_wc_read_slid(cq);
+        w->sl = ibv_wc_read_sl(cq);
+        w->dlid_path_bits = ibv_wc_read_dlid_path_bits(cq);
+        n++;
+        if (n == num_entries)
+            break;
+        rc = ibv_next_poll(cq);
+        if (rc == ENOENT)
+            break;
+        if (rc != 0) {
+            ibv_end_poll(cq);
+            return n > 0 ? n : -rc;
+        }
+    }
+    ibv_end_poll(cq);
+    return n;
+}

@@ -32,7 +32,9 @@ static unsafe partial class InteropCost
         using var device = Device.Open(deviceName);
         using var pd = device.AllocateProtectionDomain();
         using var cq = device.CreateCompletionQueue(256);
-        var (a, _) = LoopbackPair(pd, cq, pathMtu: null);
+        using var cqx = device.CreateCompletionQueue(new CompletionQueueOptions { Entries = 256, Extended = true });
+        var (a, b) = LoopbackPair(pd, cq, pathMtu: null);
+        var (ax, bx) = LoopbackPair(pd, cqx, pathMtu: null);
         using var buffer = pd.AllocateBuffer(8192, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
 
         var wc = new WorkCompletion[8];
@@ -71,6 +73,17 @@ static unsafe partial class InteropCost
                 sum += providerPollNoTransition(raw, 8, rawWc);
             if (report) Report("poll-empty provider pointer from C#, SuppressGCTransition", polls, Stopwatch.GetTimestamp() - t);
 
+            t = Stopwatch.GetTimestamp();
+            for (long i = 0; i < polls; i++)
+                sum += cqx.Poll(wc);
+            if (report) Report("poll-empty CompletionQueue.Poll, extended CQ (safe layer)", polls, Stopwatch.GetTimestamp() - t);
+
+            ibv_cq_ex* rawEx = (ibv_cq_ex*)cqx.Cq;
+            t = Stopwatch.GetTimestamp();
+            for (long i = 0; i < polls; i++)
+                sum += RdmaLeaseNative.PollCqEx(rawEx, 8, rawWc);
+            if (report) Report("poll-empty shim PollCqEx (start/next/end poll), SuppressGCTransition", polls, Stopwatch.GetTimestamp() - t);
+
             if (sum != 0)
                 throw new InvalidOperationException($"an empty CQ returned completions ({sum})");
             var source = buffer.Slice(0, 8);
@@ -85,8 +98,33 @@ static unsafe partial class InteropCost
                     throw new InvalidOperationException(wc[0].ToString());
             }
             if (report) Report("write-roundtrip QueuePair.PostWrite + Poll (safe layer)", iterations, Stopwatch.GetTimestamp() - t);
+
+            t = Stopwatch.GetTimestamp();
+            for (long i = 0; i < iterations; i++)
+            {
+                ax.PostWrite((ulong)i, source, target, 4096);
+                int n;
+                while ((n = cqx.Poll(wc)) == 0) { }
+                if (n != 1 || !wc[0].IsSuccess)
+                    throw new InvalidOperationException(wc[0].ToString());
+            }
+            if (report) Report("write-roundtrip QueuePair.PostWrite + Poll, extended CQ (safe layer)", iterations, Stopwatch.GetTimestamp() - t);
+
+            long batches = Math.Max(iterations / 20, 10);
+            if (report) Report("poll-8-ready CompletionQueue.Poll, per completion", batches * 8, PollReady(a, cq, source, target, wc, batches));
+            if (report) Report("poll-8-ready CompletionQueue.Poll, extended CQ, per completion", batches * 8, PollReady(ax, cqx, source, target, wc, batches));
+
+            var (bindTicks, invalidateTicks, deregTicks, regTicks) = Windows(pd, b, cq, batches);
+            if (report)
+            {
+                Report("mw-bind type 2 window over a 64 KiB region, post to completion", batches, bindTicks);
+                Report("mw-local-invalidate, post to completion (revokes the peer's access)", batches, invalidateTicks);
+                Report("mr-register 64 KiB pinned (ibv_reg_mr)", batches, regTicks);
+                Report("mr-deregister 64 KiB pinned (MemoryRegion.Dispose: ibv_dereg_mr)", batches, deregTicks);
+            }
         }
         GC.KeepAlive(cq);
+        GC.KeepAlive(bx);
         OdpQuirkCost(deviceName, iterations);
     }
 
@@ -153,5 +191,75 @@ static unsafe partial class InteropCost
                 if (report) Report($"odp-quirk write-roundtrip from an ODP region, PostWrite + Poll, {label}", iterations, Stopwatch.GetTimestamp() - t0);
             }
         }
+    }
+
+    /// <summary>
+    /// Ticks spent in the one Poll that returns 8 ready completions, over <paramref name="batches"/> batches of 8 writes
+    /// (waiting for them to complete is not counted: the CQ is left alone for 2 ms first).
+    /// </summary>
+    static long PollReady(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, WorkCompletion[] wc, long batches)
+    {
+        long ticks = 0;
+        for (long k = 0; k < batches; k++)
+        {
+            for (int j = 0; j < 8; j++)
+                qp.PostWrite((ulong)j, source, target, 4096);
+            Thread.Sleep(2);
+            long t = Stopwatch.GetTimestamp();
+            int n = cq.Poll(wc);
+            ticks += Stopwatch.GetTimestamp() - t;
+            while (n < 8)
+                n += cq.Poll(wc.AsSpan(n));   // not ready after all: drain, and count this batch as it is
+            if (n != 8 || !wc[7].IsSuccess)
+                throw new InvalidOperationException(wc[7].ToString());
+        }
+        return ticks;
+    }
+
+    /// <summary>Bind and invalidate a type 2 window, against registering and deregistering the region itself.</summary>
+    static unsafe (long Bind, long Invalidate, long Deregister, long Register) Windows(ProtectionDomain pd, QueuePair qp, CompletionQueue cq, long cycles)
+    {
+        const int Length = 65536;
+        void* memory = NativeMemory.AlignedAlloc(Length, 4096);
+        NativeMemory.Clear(memory, Length);
+        long bind = 0, invalidate = 0, dereg = 0, reg = 0;
+        var one = new WorkCompletion[1];
+        try
+        {
+            using var region = pd.Register(memory, Length, AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind);
+            using var window = pd.AllocateMemoryWindow();
+            for (long i = 0; i < cycles; i++)
+            {
+                long t = Stopwatch.GetTimestamp();
+                qp.PostBindMemoryWindow(1, window, region, 0, Length, AccessFlags.RemoteWrite);
+                Wait(cq, one, WorkCompletionOpcode.BindMemoryWindow);
+                bind += Stopwatch.GetTimestamp() - t;
+                t = Stopwatch.GetTimestamp();
+                qp.PostLocalInvalidate(2, window);
+                Wait(cq, one, WorkCompletionOpcode.LocalInvalidate);
+                invalidate += Stopwatch.GetTimestamp() - t;
+            }
+            for (long i = 0; i < cycles; i++)
+            {
+                long t = Stopwatch.GetTimestamp();
+                var mr = pd.Register(memory, Length, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
+                reg += Stopwatch.GetTimestamp() - t;
+                t = Stopwatch.GetTimestamp();
+                mr.Dispose();
+                dereg += Stopwatch.GetTimestamp() - t;
+            }
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(memory);
+        }
+        return (bind, invalidate, dereg, reg);
+    }
+
+    static void Wait(CompletionQueue cq, WorkCompletion[] one, WorkCompletionOpcode opcode)
+    {
+        while (cq.Poll(one) == 0) { }
+        if (!one[0].IsSuccess || one[0].Opcode != opcode)
+            throw new InvalidOperationException(one[0].ToString());
     }
 }

@@ -3,6 +3,7 @@
 //
 //   usage: verbs_cost DEVICE ITERATIONS       (RC loopback on DEVICE, GID index 1)
 // Prints one line per measurement: "c <name> <ns per call>".
+#include <errno.h>
 #include <infiniband/verbs.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -69,6 +70,17 @@ int main(int argc, char **argv)
     for (long i = 0; i < iterations * 100; i++)
         CHECK(ibv_poll_cq(cq, 8, wc) == 0, "poll");
     printf("c poll-empty %.1f\n", (double)(now_ns() - t0) / (double)(iterations * 100));
+
+    // 1b. ibv_start_poll on an empty extended CQ (IBV_WC_STANDARD_FLAGS): the extended API's empty poll.
+    struct ibv_cq_init_attr_ex cqx_attr = { .cqe = 256, .wc_flags = IBV_WC_STANDARD_FLAGS };
+    struct ibv_cq_ex *cqx = ibv_create_cq_ex(ctx, &cqx_attr);
+    CHECK(cqx, "ibv_create_cq_ex");
+    struct ibv_poll_cq_attr poll_attr = { .comp_mask = 0 };
+    t0 = now_ns();
+    for (long i = 0; i < iterations * 100; i++)
+        CHECK(ibv_start_poll(cqx, &poll_attr) == ENOENT, "start_poll");
+    printf("c poll-empty-ex %.1f\n", (double)(now_ns() - t0) / (double)(iterations * 100));
+    ibv_destroy_cq(ibv_cq_ex_to_cq(cqx));
 
     // 2. post one 8-byte RDMA WRITE, poll until its completion: a full round trip through rxe.
     struct ibv_sge sge = { .addr = (uintptr_t)buf, .length = 8, .lkey = mr->lkey };

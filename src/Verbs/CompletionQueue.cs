@@ -4,15 +4,34 @@ using RdmaLease.Verbs.Internal;
 
 namespace RdmaLease.Verbs;
 
+/// <summary>How to create a <see cref="CompletionQueue"/>.</summary>
+public sealed record CompletionQueueOptions
+{
+    /// <summary>Minimum capacity; at most <see cref="DeviceAttributes.MaxCqe"/>.</summary>
+    public required int Entries { get; init; }
+    /// <summary>Give it a completion channel so <see cref="CompletionQueue.PollAsync"/> and
+    /// <see cref="CompletionQueue.ReadAllAsync"/> can wait without spinning.</summary>
+    public bool WithEvents { get; init; }
+    /// <summary>
+    /// Create it with the extended API (<c>ibv_create_cq_ex</c>) and poll it with <c>ibv_start_poll</c> /
+    /// <c>ibv_next_poll</c> / <c>ibv_end_poll</c> (one P/Invoke transition per <see cref="CompletionQueue.Poll"/> either
+    /// way). The completions carry the same fields as a plain CQ's except the P_Key index, which the extended API
+    /// does not report. docs/verbs.md has the measured cost of both on rxe.
+    /// </summary>
+    public bool Extended { get; init; }
+}
+
 /// <summary>
-/// A completion queue (<c>ibv_cq</c>). <see cref="Poll"/> busy-polls into a caller's span
-/// without allocating; <see cref="PollAsync"/> waits for completions through a completion
-/// channel watched by the library's single event thread (no thread per CQ).
+/// A completion queue (<c>ibv_cq</c>, or <c>ibv_cq_ex</c> when created <see cref="CompletionQueueOptions.Extended"/>).
+/// <see cref="Poll"/> busy-polls into a caller's span without allocating; <see cref="PollAsync"/> and
+/// <see cref="ReadAllAsync"/> wait for completions through a completion channel watched by the library's single event
+/// thread (no thread per CQ).
 /// </summary>
 /// <remarks>
-/// <see cref="Poll"/> may be called from several threads (the provider serializes them);
-/// <see cref="PollAsync"/> supports one waiter at a time. Dispose may run on any thread while
-/// another polls: the destroy waits for the poll in progress, later polls throw ObjectDisposedException.
+/// <see cref="Poll"/> may be called from several threads (the provider serializes them), and any number of
+/// <see cref="PollAsync"/> callers may wait at once: each completion goes to exactly one of them. Dispose may run on
+/// any thread while another polls: the destroy waits for the poll in progress, later polls throw
+/// ObjectDisposedException, and waiters fail with it.
 /// </remarks>
 public sealed unsafe partial class CompletionQueue : VerbsObject
 {
@@ -22,25 +41,35 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
     public int Capacity { get; }
     /// <summary>Whether the CQ has a completion channel, i.e. supports <see cref="PollAsync"/>.</summary>
     public bool HasEvents => _channel != null;
+    /// <summary>Whether the CQ was created and is polled through the extended API (<c>ibv_cq_ex</c>).</summary>
+    public bool IsExtended => _extended;
 
     readonly NativeHandle? _channel;
     readonly int _channelFd = -1;
-    readonly object _waitLock = new();
-    TaskCompletionSource? _waiter;
+    readonly bool _extended;
+    readonly bool _kernelWcFlags;   // the device reports the kernel's ib_wc_flags (Quirks/CompletionFlagsQuirk.cs)
+    readonly Lock _waitLock = new();
+    // Completed, and replaced by a new one, on every completion-channel event: every waiter that took it before arming
+    // the notification wakes and polls again. Faulted with ObjectDisposedException (and not replaced) on Dispose.
+    TaskCompletionSource _signal = NewSignal();
+
+    static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     internal ibv_cq* Cq => (ibv_cq*)Handle.DangerousGetHandle();
 
-    internal CompletionQueue(Device device, int entries, bool withEvents)
-        : this(device, entries, withEvents ? CreateChannel(device) : null)
+    internal CompletionQueue(Device device, CompletionQueueOptions options)
+        : this(device, options, options.WithEvents ? CreateChannel(device) : null)
     {
     }
 
-    CompletionQueue(Device device, int entries, NativeHandle? channel)
-        : base(Create(device, entries, channel, out int capacity), device)
+    CompletionQueue(Device device, CompletionQueueOptions options, NativeHandle? channel)
+        : base(Create(device, options.Entries, options.Extended, channel, out int capacity), device)
     {
         Device = device;
         Capacity = capacity;
         _channel = channel;
+        _extended = options.Extended;
+        _kernelWcFlags = KnownCompletionFlagsDefect.Find(device.Driver) is not null;
         if (channel != null)
         {
             _channelFd = ((ibv_comp_channel*)channel.DangerousGetHandle())->fd;
@@ -61,7 +90,7 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
 
     static int DestroyChannel(nint ch) => libibverbs.ibv_destroy_comp_channel((ibv_comp_channel*)ch);
 
-    static NativeHandle Create(Device device, int entries, NativeHandle? channel, out int capacity)
+    static NativeHandle Create(Device device, int entries, bool extended, NativeHandle? channel, out int capacity)
     {
         if (entries < 1 || entries > device.Attributes.MaxCqe)
         {
@@ -72,23 +101,34 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
         using var ctxRef = parent.Enter();
         nint ctx = ctxRef.Pointer;
         var ch = channel == null ? null : (ibv_comp_channel*)channel.DangerousGetHandle();
-        ibv_cq* cq = libibverbs.ibv_create_cq((ibv_context*)ctx, entries, null, ch, 0);
+        ibv_cq* cq;
+        if (extended)
+        {
+            // Every field a plain ibv_poll_cq reports (but the P_Key index): IBV_WC_STANDARD_FLAGS.
+            var attr = new ibv_cq_init_attr_ex { cqe = (uint)entries, channel = ch, wc_flags = libibverbs.IBV_WC_STANDARD_FLAGS };
+            cq = (ibv_cq*)RdmaLeaseNative.CreateCqEx((ibv_context*)ctx, &attr);   // ibv_cq_ex_to_cq is this cast
+        }
+        else
+        {
+            cq = libibverbs.ibv_create_cq((ibv_context*)ctx, entries, null, ch, 0);
+        }
         if (cq == null)
         {
             int errno = Marshal.GetLastPInvokeError();
             channel?.Dispose();
-            throw new VerbsException("ibv_create_cq", $"{device} ({entries} entries)", errno);
+            throw new VerbsException(extended ? "ibv_create_cq_ex" : "ibv_create_cq", $"{device} ({entries} entries)", errno,
+                extended && errno == Errno.EOPNOTSUPP ? "The provider has no extended CQs (or not every standard completion field): create a plain one." : null);
         }
         capacity = cq->cqe;
         // The channel must outlive the CQ: it is a dependency, released after ibv_destroy_cq.
-        return new NativeHandle((nint)cq, &Destroy, "completion queue on " + device.Name, parent, channel);
+        return new NativeHandle((nint)cq, &Destroy, (extended ? "extended " : "") + "completion queue on " + device.Name, parent, channel);
     }
 
     static int Destroy(nint cq) => libibverbs.ibv_destroy_cq((ibv_cq*)cq);
 
     /// <summary>
     /// Takes up to <c>completions.Length</c> completions off the queue without waiting.
-    /// Allocation-free; one P/Invoke transition.
+    /// Allocation-free; one P/Invoke transition (also through the extended API).
     /// </summary>
     /// <returns>How many entries of <paramref name="completions"/> were filled (0 when none were ready).</returns>
     /// <exception cref="VerbsException">The provider reported a polling error.</exception>
@@ -98,9 +138,18 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
         nint cq = cqRef.Pointer;
         int n;
         fixed (WorkCompletion* wc = completions)
-            n = RdmaLeaseNative.PollCq((ibv_cq*)cq, completions.Length, (ibv_wc*)wc);
+        {
+            n = _extended
+                ? RdmaLeaseNative.PollCqEx((ibv_cq_ex*)cq, completions.Length, (ibv_wc*)wc)
+                : RdmaLeaseNative.PollCq((ibv_cq*)cq, completions.Length, (ibv_wc*)wc);
+        }
         if (n < 0)
-            throw new VerbsException("ibv_poll_cq", ToString(), -n);
+            throw new VerbsException(_extended ? "ibv_start_poll" : "ibv_poll_cq", ToString(), -n);
+        if (_kernelWcFlags && n > 0)
+        {
+            fixed (WorkCompletion* wc = completions)
+                KnownCompletionFlagsDefect.Translate((ibv_wc*)wc, n);
+        }
         return n;
     }
 
@@ -114,7 +163,7 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
     }
 
     // On the event thread: take every pending CQ event off the channel (non-blocking), ack them
-    // (ibv_destroy_cq waits for unacknowledged events), then wake the waiter.
+    // (ibv_destroy_cq waits for unacknowledged events), then wake every waiter.
     void OnChannelReadable()
     {
         using (var ch = _channel!.Enter())
@@ -124,10 +173,14 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
             while (libibverbs.ibv_get_cq_event((ibv_comp_channel*)ch.Pointer, &cq, &context) == 0)
                 libibverbs.ibv_ack_cq_events(cq, 1);
         }
-        TaskCompletionSource? waiter;
+        TaskCompletionSource signal;
         lock (_waitLock)
-            waiter = _waiter;
-        waiter?.TrySetResult();
+        {
+            signal = _signal;
+            if (!signal.Task.IsCompleted)   // faulted by Dispose: stays so
+                _signal = NewSignal();
+        }
+        signal.TrySetResult();
     }
 
     private protected override void OnDisposing()
@@ -135,14 +188,12 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
         if (_channel != null)
         {
             EventLoop.Shared.Unregister(_channelFd);
-            TaskCompletionSource? waiter;
             lock (_waitLock)
-                waiter = _waiter;
-            waiter?.TrySetException(new ObjectDisposedException(ToString()));
+                _signal.TrySetException(new ObjectDisposedException(ToString()));
             _channel.Dispose();   // destroyed natively after the CQ, which holds a reference
         }
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"completion queue ({Capacity} entries) on {Device.Name}";
+    public override string ToString() => $"{(_extended ? "extended " : "")}completion queue ({Capacity} entries) on {Device.Name}";
 }

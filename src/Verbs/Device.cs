@@ -202,7 +202,15 @@ public sealed unsafe partial class Device : VerbsObject
     /// <summary>Creates a completion queue of at least <paramref name="entries"/> entries.</summary>
     /// <param name="entries">Minimum capacity; at most <see cref="DeviceAttributes.MaxCqe"/>.</param>
     /// <param name="withEvents">Give it a completion channel so <see cref="CompletionQueue.PollAsync"/> can wait without spinning.</param>
-    public CompletionQueue CreateCompletionQueue(int entries, bool withEvents = false) => new(this, entries, withEvents);
+    public CompletionQueue CreateCompletionQueue(int entries, bool withEvents = false) =>
+        new(this, new CompletionQueueOptions { Entries = entries, WithEvents = withEvents });
+
+    /// <summary>Creates a completion queue as <paramref name="options"/> say (for example an extended one).</summary>
+    public CompletionQueue CreateCompletionQueue(CompletionQueueOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return new(this, options);
+    }
 
     /// <summary>
     /// Asynchronous events of the device (port up/down, QP fatal, ...), raised on a thread-pool

@@ -49,7 +49,14 @@ public sealed record DeviceAttributes
     public required bool FlushPersistent { get; init; }
     /// <summary>The device executes ATOMIC WRITE (IB_UVERBS_DEVICE_ATOMIC_WRITE).</summary>
     public required bool AtomicWrite { get; init; }
+    /// <summary>Maximum number of memory windows (0 without memory windows).</summary>
+    public required int MaxMw { get; init; }
+    /// <summary>Which memory window types the device supports (IBV_DEVICE_MEM_WINDOW*).</summary>
+    public required MemoryWindowCapabilities MemoryWindows { get; init; }
 
+    const uint DeviceMemWindow = (uint)ibv_device_cap_flags.IBV_DEVICE_MEM_WINDOW,
+        DeviceMemWindowType2A = (uint)ibv_device_cap_flags.IBV_DEVICE_MEM_WINDOW_TYPE_2A,
+        DeviceMemWindowType2B = (uint)ibv_device_cap_flags.IBV_DEVICE_MEM_WINDOW_TYPE_2B;
     const ulong DeviceFlushGlobal = 1UL << 38, DeviceFlushPersistent = 1UL << 39, DeviceAtomicWrite = 1UL << 40;
 
     internal static unsafe DeviceAttributes From(in ibv_device_attr_ex a)
@@ -82,6 +89,10 @@ public sealed record DeviceAttributes
             FlushGlobal = (a.device_cap_flags_ex & DeviceFlushGlobal) != 0,
             FlushPersistent = (a.device_cap_flags_ex & DeviceFlushPersistent) != 0,
             AtomicWrite = (a.device_cap_flags_ex & DeviceAtomicWrite) != 0,
+            MaxMw = o.max_mw,
+            MemoryWindows = ((o.device_cap_flags & DeviceMemWindow) != 0 ? MemoryWindowCapabilities.Type1 : 0)
+                | ((o.device_cap_flags & DeviceMemWindowType2A) != 0 ? MemoryWindowCapabilities.Type2A : 0)
+                | ((o.device_cap_flags & DeviceMemWindowType2B) != 0 ? MemoryWindowCapabilities.Type2B : 0),
         };
     }
 }

@@ -30,6 +30,31 @@ public enum AccessFlags
     RelaxedOrdering = 1 << 20,
 }
 
+/// <summary>Memory window type (ibv_mw_type).</summary>
+public enum MemoryWindowType
+{
+    /// <summary>IBV_MW_TYPE_1: bound with a bind call (ibv_bind_mw), usable through any QP of its protection domain;
+    /// unbound by binding it again with length 0. Cannot be invalidated with an invalidate work request.</summary>
+    Type1 = 1,
+    /// <summary>IBV_MW_TYPE_2: bound with a bind work request on one QP and usable only through that QP; revoked by a
+    /// local invalidate or a peer's SEND with invalidate.</summary>
+    Type2 = 2,
+}
+
+/// <summary>Memory window types a device supports (the IBV_DEVICE_MEM_WINDOW* capability bits).</summary>
+[Flags]
+public enum MemoryWindowCapabilities
+{
+    /// <summary>No memory windows.</summary>
+    None = 0,
+    /// <summary>IBV_DEVICE_MEM_WINDOW: type 1 windows.</summary>
+    Type1 = 1 << 0,
+    /// <summary>IBV_DEVICE_MEM_WINDOW_TYPE_2A: type 2A windows (bound to a QP number).</summary>
+    Type2A = 1 << 1,
+    /// <summary>IBV_DEVICE_MEM_WINDOW_TYPE_2B: type 2B windows (bound to a QP number and its PD).</summary>
+    Type2B = 1 << 2,
+}
+
 /// <summary>ODP support per transport (ibv_odp_transport_cap_bits, plus the kernel's FLUSH and ATOMIC WRITE bits).</summary>
 [Flags]
 public enum OdpTransportCaps : uint

@@ -151,6 +151,14 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     public SharedReceiveQueue CreateSharedReceiveQueue(int maxWorkRequests, int maxScatterGather = 1) =>
         new(this, maxWorkRequests, maxScatterGather);
 
+    /// <summary>
+    /// Allocates a memory window: a revocable rkey over part of a region of this domain, bound and revoked with work
+    /// requests (<see cref="QueuePair.PostBindMemoryWindow"/>, <see cref="QueuePair.PostLocalInvalidate"/>).
+    /// </summary>
+    /// <exception cref="NotSupportedException">The device does not support windows of <paramref name="type"/>
+    /// (<see cref="DeviceAttributes.MemoryWindows"/>).</exception>
+    public MemoryWindow AllocateMemoryWindow(MemoryWindowType type = MemoryWindowType.Type2) => new(this, type);
+
     /// <summary>Creates an address handle to reach <paramref name="remote"/> over UD.</summary>
     public AddressHandle CreateAddressHandle(QueuePairEndpoint remote, int gidIndex, byte port = 1) =>
         new(this, remote, gidIndex, port);

@@ -24,7 +24,9 @@ public readonly struct WorkCompletion
     readonly byte _sl;
     readonly byte _dlidPathBits;
 
-    const uint WithImmediate = 1 << 1;   // IBV_WC_WITH_IMM
+    const uint WithGrh = 1 << 0;          // IBV_WC_GRH
+    const uint WithImmediate = 1 << 1;    // IBV_WC_WITH_IMM
+    const uint WithInvalidate = 1 << 3;   // IBV_WC_WITH_INV
 
     /// <summary>The id the work request was posted with.</summary>
     public ulong WorkRequestId => _wrId;
@@ -44,6 +46,18 @@ public readonly struct WorkCompletion
     public bool HasImmediate => (_flags & WithImmediate) != 0;
     /// <summary>The immediate data, host order, when <see cref="HasImmediate"/>.</summary>
     public uint Immediate => System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(_immediateOrInvalidatedRkey);
+    /// <summary>True for a receive of a SEND with invalidate: the sender revoked the memory window (or region) whose
+    /// rkey is <see cref="InvalidatedRemoteKey"/>.</summary>
+    public bool HasInvalidatedRemoteKey => (_flags & WithInvalidate) != 0;
+    /// <summary>The rkey a SEND with invalidate revoked, when <see cref="HasInvalidatedRemoteKey"/>.</summary>
+    public uint InvalidatedRemoteKey => HasInvalidatedRemoteKey ? _immediateOrInvalidatedRkey : 0;
+    /// <summary>UD receives: the message came with a Global Route Header, in the first 40 bytes of the receive buffer
+    /// (always on RoCE).</summary>
+    public bool HasGlobalRouteHeader => (_flags & WithGrh) != 0;
+    /// <summary>UD receives: the service level the message was sent with.</summary>
+    public byte ServiceLevel => _sl;
+    /// <summary>UD receives: the sender's LID (0 on RoCE, where the GRH identifies the sender).</summary>
+    public ushort SourceLid => _slid;
     /// <summary>True for a successful completion.</summary>
     public bool IsSuccess => _status == 0;
 

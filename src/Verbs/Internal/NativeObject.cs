@@ -276,6 +276,16 @@ public abstract class VerbsObject : IDisposable
             _children.Remove(child);
     }
 
+    /// <summary>
+    /// Makes <paramref name="dependent"/>, created elsewhere, one of this object's children too: this object's Dispose
+    /// closes it first. A memory window bound to a region is one (the region cannot be deregistered while a window is
+    /// bound to it). Throws ObjectDisposedException when this object is disposed or being disposed.
+    /// </summary>
+    internal void AddDependent(VerbsObject dependent) => AddChild(dependent);
+
+    /// <summary>Undoes <see cref="AddDependent"/> (nothing when it is not one).</summary>
+    internal void RemoveDependent(VerbsObject dependent) => RemoveChild(dependent);
+
     /// <summary>The live children of type <typeparamref name="T"/>, oldest first.</summary>
     internal List<T> ChildrenOf<T>() where T : VerbsObject
     {

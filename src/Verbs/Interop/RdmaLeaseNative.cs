@@ -60,4 +60,25 @@ internal static unsafe partial class RdmaLeaseNative
     [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_WrAtomic")]
     [SuppressGCTransition]
     internal static partial int WrAtomic(ibv_qp_ex* qpx, ulong wrId, uint sendFlags, int cmpSwp, uint rkey, ulong remoteAddr, ulong compareAdd, ulong swap, uint lkey, ulong addr);
+
+    /// <summary>Returns the window, or null with errno set.</summary>
+    [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_AllocMw", SetLastError = true)]
+    internal static partial ibv_mw* AllocMw(ibv_pd* pd, int type);
+
+    [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_DeallocMw")]
+    internal static partial int DeallocMw(ibv_mw* mw);
+
+    /// <summary>Type 1 windows: posts the bind (length 0 unbinds); on success the provider stored the new rkey in mw->rkey.</summary>
+    [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_BindMw")]
+    [SuppressGCTransition]
+    internal static partial int BindMw(ibv_qp* qp, ibv_mw* mw, ulong wrId, uint sendFlags, ibv_mr* mr, ulong addr, ulong length, uint access);
+
+    /// <summary>Returns the CQ, or null with errno set.</summary>
+    [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_CreateCqEx", SetLastError = true)]
+    internal static partial ibv_cq_ex* CreateCqEx(ibv_context* context, ibv_cq_init_attr_ex* attr);
+
+    /// <summary>Extended CQ (start/next/end poll) into ibv_wc: the number of completions (>= 0) or a negative errno.</summary>
+    [LibraryImport(Lib, EntryPoint = "RdmaLeaseNative_PollCqEx")]
+    [SuppressGCTransition]
+    internal static partial int PollCqEx(ibv_cq_ex* cq, int numEntries, ibv_wc* wc);
 }

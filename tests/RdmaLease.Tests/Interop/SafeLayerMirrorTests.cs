@@ -53,6 +53,7 @@ public class SafeLayerMirrorTests
         {
             [GidType.InfiniBand] = "IBV_GID_TYPE_IB", [GidType.RoceV1] = "IBV_GID_TYPE_ROCE_V1", [GidType.RoceV2] = "IBV_GID_TYPE_ROCE_V2",
         });
+        yield return Case<MemoryWindowType, ibv_mw_type>(new() { [MemoryWindowType.Type1] = "IBV_MW_TYPE_1", [MemoryWindowType.Type2] = "IBV_MW_TYPE_2" });
         yield return Case<FlushType, ibv_placement_type>(new() { [FlushType.Global] = "IBV_FLUSH_GLOBAL", [FlushType.Persistent] = "IBV_FLUSH_PERSISTENT" });
         yield return Case<FlushLevel, ibv_selectivity_level>(new() { [FlushLevel.Range] = "IBV_FLUSH_RANGE", [FlushLevel.MemoryRegion] = "IBV_FLUSH_MR" });
         yield return Case<OdpTransportCaps, ibv_odp_transport_cap_bits>(new()

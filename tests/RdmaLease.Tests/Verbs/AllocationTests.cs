@@ -13,14 +13,24 @@ public class AllocationTests
         const AccessFlags Rw = AccessFlags.LocalWrite | AccessFlags.RemoteWrite;
         using var local = pair.PdA.AllocateBuffer(4096, Rw);
         using var remote = pair.PdB.AllocateBuffer(4096, Rw);
-        var source = local.Slice(0, 64);
-        var target = remote.ToRemote();
+        AssertPostAndPollAllocateNothing(pair.A, pair.CqA, local.Slice(0, 64), remote.ToRemote(), "");
+    }
+
+    [Test]
+    public void PostAndPollThroughAnExtendedQueueAllocateNothing()
+    {
+        using var rig = new CqRig(new CompletionQueueOptions { Entries = 64, Extended = true });
+        AssertPostAndPollAllocateNothing(rig.A, rig.Cq, rig.Local.Slice(0, 64), rig.Remote.ToRemote(), " through ibv_cq_ex");
+    }
+
+    static void AssertPostAndPollAllocateNothing(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, string what)
+    {
         Span<WorkCompletion> wc = stackalloc WorkCompletion[8];
 
         void Cycle(ulong id, Span<WorkCompletion> completions)
         {
-            pair.A.PostWrite(id, source, target, id % 64 * 8);
-            while (pair.CqA.Poll(completions) == 0) { }
+            qp.PostWrite(id, source, target, id % 64 * 8);
+            while (cq.Poll(completions) == 0) { }
             if (!completions[0].IsSuccess)
                 completions[0].ThrowIfFailed();
         }
@@ -32,6 +42,6 @@ public class AllocationTests
         for (ulong i = 0; i < Cycles; i++)
             Cycle(i, wc);
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.That(allocated, Is.Zero, $"{allocated} bytes allocated over {Cycles} post+poll cycles");
+        Assert.That(allocated, Is.Zero, $"{allocated} bytes allocated over {Cycles} post+poll cycles{what}");
     }
 }
