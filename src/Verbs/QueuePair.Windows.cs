@@ -69,7 +69,7 @@ public sealed unsafe partial class QueuePair
     /// </summary>
     public void PostSendWithInvalidate(ulong workRequestId, LocalSegment data, uint remoteKeyToInvalidate, SendFlags flags = SendFlags.Signaled)
     {
-        CheckMessage("SEND", data);
+        _odp?.CheckMessage("SEND", data);
         var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
         var wr = new ibv_send_wr
         {
