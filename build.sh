@@ -14,7 +14,9 @@ GUEST_TIMEOUT=${RDMA_LEASE_GUEST_TIMEOUT:-1800}
 # Host packages the harness needs, by the command (or file) that proves each is there.
 HOST_PACKAGES=(
     "qemu-system-x86_64:qemu-system-x86" "qemu-img:qemu-utils" "debootstrap:debootstrap"
-    "/bin/busybox:busybox-static" "depmod:kmod" "cpio:cpio" "xz:xz-utils" "cc:gcc"
+    "/bin/busybox:busybox-static" "depmod:kmod" "cpio:cpio" "xz:xz-utils" "cc:gcc" "make:make"
+    # The packaging tests read the native libraries' ELF headers; a lease-only program runs in a mount namespace.
+    "readelf:binutils" "unshare:util-linux" "git:git"
     # The bindings generator (./build.sh bindings, and the host test that checks the checked-in
     # bindings are what it generates): libclang, and clang's builtin headers (stddef.h, ...), which
     # Debian packages apart from it.

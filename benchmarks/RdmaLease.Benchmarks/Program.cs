@@ -15,6 +15,8 @@ if (args.Length != 3 || args[0] != "interop")
     Console.Error.WriteLine("usage: RdmaLease.Benchmarks interop DEVICE ITERATIONS");
     return 2;
 }
+// This assembly imports the verbs shim itself (below): through the library's one resolver, like every rdma-lease load.
+NativeLibraries.RegisterResolver(typeof(InteropCost).Assembly, NativeLibraries.VerbsShimInfo);
 InteropCost.Run(args[1], long.Parse(args[2], CultureInfo.InvariantCulture));
 return 0;
 

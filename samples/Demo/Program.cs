@@ -4,6 +4,7 @@
 // (./build.sh demo) on soft-RoCE (rxelo) and XFS with DAX (/mnt/xfs).
 using System.Diagnostics;
 using System.Net;
+using System.Runtime.CompilerServices;
 using RdmaLease.Leases;
 using RdmaLease.Verbs;
 
@@ -13,7 +14,8 @@ string probe = Path.GetFullPath("artifacts/native/rdmalease-lease-probe");
 const int FileSize = 1 << 20, Chunk = 64 * 1024;
 const AccessFlags Rw = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
 
-Console.WriteLine("rdma-lease demo");
+// ./build.sh aot publishes this program with NativeAOT too (no JIT: the break path is compiled ahead of time).
+Console.WriteLine($"rdma-lease demo ({(RuntimeFeature.IsDynamicCodeCompiled ? "JIT" : "NativeAOT")})");
 using var device = Device.Open(DeviceName);
 var port = device.QueryPort();
 Console.WriteLine($"  device {DeviceName} (driver {device.Driver}): {port.LinkLayer}, MTU {port.ActiveMtu.Bytes()}, ODP {device.Attributes.Odp.Rc}");
