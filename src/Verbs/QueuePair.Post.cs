@@ -107,8 +107,8 @@ public sealed unsafe partial class QueuePair
     {
         uint limit = TransferLimit(opcode, local, remoteLimit);
         int n = TransferSplit.Count(local.Length, limit);
-        if (n > 1)
-            TransferSplit.CheckPieces(n, _maxSendRequests, $"{this}: this transfer of {local.Length} bytes");
+        if (n > 1 && !TransferSplit.Fits(n, _maxSendRequests))
+            throw TransferSplit.TooMany(n, _maxSendRequests, $"{this}: this transfer of {local.Length} bytes");
         ibv_send_wr* wrs = stackalloc ibv_send_wr[n];
         ibv_sge* sges = stackalloc ibv_sge[n];
         FillPieces(wrs, sges, n, limit, workRequestId, opcode, flags, immediate, local, remoteAddress, remoteKey);
@@ -290,8 +290,8 @@ public sealed unsafe partial class QueuePair
             if (total > TransferSplit.MaxPieces)
                 break;
         }
-        if (total > requests.Length)
-            TransferSplit.CheckPieces(total, _maxSendRequests, $"{this}: these {requests.Length} requests");
+        if (total > requests.Length && !TransferSplit.Fits(total, _maxSendRequests))
+            throw TransferSplit.TooMany(total, _maxSendRequests, $"{this}: these {requests.Length} requests");
         ibv_send_wr* wrs = stackalloc ibv_send_wr[total];
         ibv_sge* sges = stackalloc ibv_sge[total];
         using var regions = RegionReferences.Enter(requests);

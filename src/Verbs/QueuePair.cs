@@ -76,14 +76,15 @@ public sealed unsafe partial class QueuePair : VerbsObject
         set
         {
             _odpOff = value;
-            ApplyOdpQuirk();
+            _odp = OdpRuleAt(PathMtu);
         }
     }
 
-    void ApplyOdpQuirk()
+    /// <summary>The device's ODP quirk's rule at <paramref name="pathMtu"/> (null: the ports' strictest), unless this QP is without it.</summary>
+    OdpRule? OdpRuleAt(Mtu? pathMtu)
     {
         OdpQuirk? quirk = _odpOff ? null : ProtectionDomain.Device.OdpQuirk;
-        _odp = quirk is null ? null : PathMtu is { } mtu ? quirk.RuleAt(mtu) : quirk.RuleForPeers();
+        return quirk is null ? null : pathMtu is { } mtu ? quirk.RuleAt(mtu) : quirk.RuleForPeers();
     }
 
     const ulong ExtendedOps = (ulong)(ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE | ibv_qp_create_send_ops_flags.IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM
@@ -126,7 +127,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         _initialPsn = (uint)Random.Shared.Next(0, 1 << 24);
         _maxSendRequests = options.MaxSendRequests;
         _odpOff = options.WithoutOdpQuirk;
-        ApplyOdpQuirk();
+        _odp = OdpRuleAt(null);
     }
 
     static NativeHandle Create(ProtectionDomain pd, QueuePairOptions o, out ibv_qp* qp, out ibv_qp_ex* qpx)
@@ -211,6 +212,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         Mtu mtu = options.PathMtu ?? port.ActiveMtu;
         if (mtu > port.ActiveMtu)
             throw new ArgumentOutOfRangeException(nameof(options), mtu, $"path MTU {mtu.Bytes()} exceeds port {options.Port}'s active MTU {port.ActiveMtu.Bytes()}");
+        var odp = OdpRuleAt(mtu);   // before any transition: in OdpQuirkMode.Probe, a new MTU runs the probe here
 
         var attr = new ibv_qp_attr
         {
@@ -251,7 +253,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_TIMEOUT | ibv_qp_attr_mask.IBV_QP_RETRY_CNT | ibv_qp_attr_mask.IBV_QP_RNR_RETRY | ibv_qp_attr_mask.IBV_QP_SQ_PSN
             | ibv_qp_attr_mask.IBV_QP_MAX_QP_RD_ATOMIC, "RTR->RTS");
         PathMtu = mtu;
-        ApplyOdpQuirk();
+        _odp = odp;
     }
 
     static AccessFlags DefaultRemoteAccess(Device device) =>
@@ -271,7 +273,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_RTS, sq_psn = _initialPsn };
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_SQ_PSN, "RTR->RTS");
         PathMtu = ProtectionDomain.Device.QueryPort(port).ActiveMtu;
-        ApplyOdpQuirk();
+        _odp = OdpRuleAt(PathMtu);
     }
 
     /// <summary>Moves the QP to the error state: outstanding requests complete with WorkRequestFlushed.</summary>

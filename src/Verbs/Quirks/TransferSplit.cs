@@ -25,16 +25,15 @@ internal static class TransferSplit
         return (int)Math.Min(((ulong)length + limit - 1) / limit, int.MaxValue);
     }
 
-    /// <summary>Throws when <paramref name="pieces"/> work requests are more than one post may take: the send queue's depth, at most <see cref="MaxPieces"/>.</summary>
-    public static void CheckPieces(int pieces, int sendQueueDepth, string what)
-    {
-        int max = Math.Min(MaxPieces, sendQueueDepth);
-        if (pieces > max)
-            throw new ArgumentOutOfRangeException(nameof(pieces), pieces,
-                $"{what} must be split into {pieces} work requests (an ODP quirk of the device, or the remote region's MaxTransferPerRequest; see " +
-                $"docs/known-defects.md), more than one post may take ({max}: the send queue holds {sendQueueDepth}, a split at most {MaxPieces}). " +
-                "Post fewer or smaller transfers per call.");
-    }
+    /// <summary>Whether <paramref name="pieces"/> work requests fit in one post: the send queue's depth, at most <see cref="MaxPieces"/>.</summary>
+    public static bool Fits(int pieces, int sendQueueDepth) => pieces <= Math.Min(MaxPieces, sendQueueDepth);
+
+    /// <summary>The error for a split that does not <see cref="Fits"/>.</summary>
+    public static ArgumentOutOfRangeException TooMany(int pieces, int sendQueueDepth, string what) =>
+        new(nameof(pieces), pieces,
+            $"{what} must be split into {pieces} work requests (an ODP quirk of the device, or the remote region's MaxTransferPerRequest; see " +
+            $"docs/known-defects.md), more than one post may take ({Math.Min(MaxPieces, sendQueueDepth)}: the send queue holds {sendQueueDepth}, " +
+            $"a split at most {MaxPieces}). Post fewer or smaller transfers per call.");
 
     /// <summary>Piece <paramref name="index"/> of the split: its offset from the transfer's start and its length.</summary>
     public static (uint Offset, uint Length) Piece(int index, uint length, uint limit)

@@ -60,12 +60,13 @@ public class TransferSplitTests
     [Test]
     public void TooManyPiecesForOnePostAreRefusedSayingWhy()
     {
-        TransferSplit.CheckPieces(64, 64, "QP 7");
-        TransferSplit.CheckPieces(TransferSplit.MaxPieces, 1024, "QP 7");
-        var e = Assert.Throws<ArgumentOutOfRangeException>(() => TransferSplit.CheckPieces(65, 64, "QP 7: this transfer of 66560 bytes"))!;
+        Assert.That(TransferSplit.Fits(64, 64));
+        Assert.That(TransferSplit.Fits(TransferSplit.MaxPieces, 1024));
+        Assert.That(TransferSplit.Fits(65, 64), Is.False, "deeper than the send queue");
+        Assert.That(TransferSplit.Fits(TransferSplit.MaxPieces + 1, 4096), Is.False, "more than a split may stackalloc");
+        var e = TransferSplit.TooMany(65, 64, "QP 7: this transfer of 66560 bytes");
         Assert.That(e.Message, Does.StartWith("QP 7: this transfer of 66560 bytes must be split into 65 work requests")
             .And.Contain("(64: the send queue holds 64, a split at most 256)").And.Contain("docs/known-defects.md"));
-        Assert.Throws<ArgumentOutOfRangeException>(() => TransferSplit.CheckPieces(TransferSplit.MaxPieces + 1, 4096, "QP 7"));
     }
 
     [Test]
