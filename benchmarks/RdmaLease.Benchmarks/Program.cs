@@ -116,13 +116,16 @@ static unsafe partial class InteropCost
             if (report) Report("poll-8-ready CompletionQueue.Poll, per completion", batches * 8, PollReady(a, cq, source, target, wc, batches));
             if (report) Report("poll-8-ready CompletionQueue.Poll, extended CQ, per completion", batches * 8, PollReady(ax, cqx, source, target, wc, batches));
 
-            var (bindTicks, invalidateTicks, deregTicks, regTicks) = Windows(pd, b, cq, batches);
-            if (report)
+            foreach (var (length, cycles, size) in new[] { (65536, batches, "64 KiB"), (16 << 20, Math.Max(batches / 20, 5), "16 MiB") })
             {
-                Report("mw-bind type 2 window over a 64 KiB region, post to completion", batches, bindTicks);
-                Report("mw-local-invalidate, post to completion (revokes the peer's access)", batches, invalidateTicks);
-                Report("mr-register 64 KiB pinned (ibv_reg_mr)", batches, regTicks);
-                Report("mr-deregister 64 KiB pinned (MemoryRegion.Dispose: ibv_dereg_mr)", batches, deregTicks);
+                var (bindTicks, invalidateTicks, deregTicks, regTicks) = Windows(pd, b, cq, cycles, length);
+                if (report)
+                {
+                    Report($"mw-bind type 2 window over a {size} region, post to completion", cycles, bindTicks);
+                    Report($"mw-local-invalidate of it, post to completion (revokes the peer's access)", cycles, invalidateTicks);
+                    Report($"mr-register {size} pinned (ibv_reg_mr)", cycles, regTicks);
+                    Report($"mr-deregister {size} pinned (MemoryRegion.Dispose: ibv_dereg_mr)", cycles, deregTicks);
+                }
             }
         }
         GC.KeepAlive(cq);
@@ -227,22 +230,22 @@ static unsafe partial class InteropCost
         return ticks;
     }
 
-    /// <summary>Bind and invalidate a type 2 window, against registering and deregistering the region itself.</summary>
-    static unsafe (long Bind, long Invalidate, long Deregister, long Register) Windows(ProtectionDomain pd, QueuePair qp, CompletionQueue cq, long cycles)
+    /// <summary>Bind and invalidate a type 2 window over a region of <paramref name="length"/> bytes, against registering and deregistering the region itself.</summary>
+    static unsafe (long Bind, long Invalidate, long Deregister, long Register) Windows(ProtectionDomain pd, QueuePair qp, CompletionQueue cq, long cycles, int length)
     {
-        const int Length = 65536;
-        void* memory = NativeMemory.AlignedAlloc(Length, 4096);
-        NativeMemory.Clear(memory, Length);
+        nuint size = (nuint)length;
+        void* memory = NativeMemory.AlignedAlloc(size, 4096);
+        NativeMemory.Clear(memory, size);
         long bind = 0, invalidate = 0, dereg = 0, reg = 0;
         var one = new WorkCompletion[1];
         try
         {
-            using var region = pd.Register(memory, Length, AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind);
+            using var region = pd.Register(memory, size, AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind);
             using var window = pd.AllocateMemoryWindow();
             for (long i = 0; i < cycles; i++)
             {
                 long t = Stopwatch.GetTimestamp();
-                qp.PostBindMemoryWindow(1, window, region, 0, Length, AccessFlags.RemoteWrite);
+                qp.PostBindMemoryWindow(1, window, region, 0, (ulong)length, AccessFlags.RemoteWrite);
                 Wait(cq, one, WorkCompletionOpcode.BindMemoryWindow);
                 bind += Stopwatch.GetTimestamp() - t;
                 t = Stopwatch.GetTimestamp();
@@ -253,7 +256,7 @@ static unsafe partial class InteropCost
             for (long i = 0; i < cycles; i++)
             {
                 long t = Stopwatch.GetTimestamp();
-                var mr = pd.Register(memory, Length, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
+                var mr = pd.Register(memory, size, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
                 reg += Stopwatch.GetTimestamp() - t;
                 t = Stopwatch.GetTimestamp();
                 mr.Dispose();
