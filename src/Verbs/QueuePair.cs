@@ -34,7 +34,7 @@ public sealed record QueuePairOptions
 
 /// <summary>
 /// A queue pair: RC (connected with <see cref="Connect"/>) or UD (made ready with
-/// <see cref="ActivateDatagram"/>). Posting is allocation-free and costs one P/Invoke
+/// <see cref="MoveToReadyToSend"/>). Posting is allocation-free and costs one P/Invoke
 /// transition per call (a post list is one call too).
 /// </summary>
 /// <remarks>
@@ -51,7 +51,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
     /// <summary>RC, UC or UD.</summary>
     public QueuePairType Type { get; }
     /// <summary>The QP number peers address.</summary>
-    public uint Number { get; }
+    public uint QueuePairNumber { get; }
     /// <summary>Whether FLUSH and ATOMIC WRITE can be posted (extended API present on this QP).</summary>
     public bool SupportsExtendedOperations => _qpx != null;
     /// <summary>The path MTU set by <see cref="Connect"/> (null before).</summary>
@@ -120,7 +120,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
     {
         ProtectionDomain = pd;
         Type = options.Type;
-        Number = qp->qp_num;
+        QueuePairNumber = qp->qp_num;
         SendCompletionQueue = options.SendCompletionQueue;
         ReceiveCompletionQueue = options.ReceiveCompletionQueue;
         _qpx = qpx;
@@ -195,7 +195,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
     {
         var gid = ProtectionDomain.Device.QueryGid(port, gidIndex);
         var portAttr = ProtectionDomain.Device.QueryPort(port);
-        return new QueuePairEndpoint(portAttr.Lid, Number, _initialPsn, gid.Address);
+        return new QueuePairEndpoint(portAttr.Lid, QueuePairNumber, _initialPsn, gid.Address);
     }
 
     /// <summary>
@@ -207,7 +207,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         ArgumentNullException.ThrowIfNull(remote);
         ArgumentNullException.ThrowIfNull(options);
         if (Type == QueuePairType.UnreliableDatagram)
-            throw new InvalidOperationException($"{this} is UD: use ActivateDatagram, and address peers per send with an AddressHandle.");
+            throw new InvalidOperationException($"{this} is UD: use MoveToReadyToSend, and address peers per send with an AddressHandle.");
         var port = ProtectionDomain.Device.QueryPort(options.Port);
         Mtu mtu = options.PathMtu ?? port.ActiveMtu;
         if (mtu > port.ActiveMtu)
@@ -262,7 +262,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         | (device.Attributes.FlushPersistent ? AccessFlags.FlushPersistent : 0);
 
     /// <summary>Moves a UD QP to RTS, receiving datagrams sent with <paramref name="qkey"/>.</summary>
-    public void ActivateDatagram(uint qkey, byte port = 1)
+    public void MoveToReadyToSend(uint qkey, byte port = 1)
     {
         if (Type != QueuePairType.UnreliableDatagram)
             throw new InvalidOperationException($"{this} is {Type}: connect it with Connect.");
@@ -319,5 +319,5 @@ public sealed unsafe partial class QueuePair : VerbsObject
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"{Type} QP {Number} on {ProtectionDomain.Device.Name}";
+    public override string ToString() => $"{Type} QP {QueuePairNumber} on {ProtectionDomain.Device.Name}";
 }

@@ -17,11 +17,15 @@ public sealed record QueuePairEndpoint(ushort Lid, uint QueuePairNumber, uint Pa
     /// <summary>Size of the binary encoding.</summary>
     public const int EncodedLength = 26;
 
-    /// <summary>Writes the endpoint in a fixed big-endian layout.</summary>
-    public void WriteTo(Span<byte> destination)
+    /// <summary>
+    /// Writes the endpoint for out-of-band exchange: LID, QP number, PSN and the 16-byte GID, in that order, big-endian
+    /// (network byte order, as every wire encoding of the library).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="destination"/> is shorter than <see cref="EncodedLength"/>.</exception>
+    public void Encode(Span<byte> destination)
     {
         if (destination.Length < EncodedLength)
-            throw new ArgumentException($"needs {EncodedLength} bytes", nameof(destination));
+            throw new ArgumentException($"needs {EncodedLength} bytes, got {destination.Length}", nameof(destination));
         BinaryPrimitives.WriteUInt16BigEndian(destination, Lid);
         BinaryPrimitives.WriteUInt32BigEndian(destination[2..], QueuePairNumber);
         BinaryPrimitives.WriteUInt32BigEndian(destination[6..], PacketSequenceNumber);
@@ -29,8 +33,9 @@ public sealed record QueuePairEndpoint(ushort Lid, uint QueuePairNumber, uint Pa
             throw new InvalidOperationException("a GID is 16 bytes");
     }
 
-    /// <summary>Reads what <see cref="WriteTo"/> wrote.</summary>
-    public static QueuePairEndpoint ReadFrom(ReadOnlySpan<byte> source)
+    /// <summary>Reads what <see cref="Encode"/> wrote.</summary>
+    /// <exception cref="ArgumentException"><paramref name="source"/> is shorter than <see cref="EncodedLength"/>.</exception>
+    public static QueuePairEndpoint Decode(ReadOnlySpan<byte> source)
     {
         if (source.Length < EncodedLength)
             throw new ArgumentException($"needs {EncodedLength} bytes, got {source.Length}", nameof(source));

@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+
 namespace RdmaLease.Verbs;
 
 /// <summary>
@@ -28,31 +30,34 @@ public readonly record struct LocalSegment(MemoryRegion Region, ulong Offset, ui
 /// data path, data for a mid-page address lands at the page start, so ODP regions there advertise the page size.</param>
 public readonly record struct RemoteRegion(ulong Address, ulong Length, uint RemoteKey, uint MaxTransferPerRequest = 0, uint RequiredAlignment = 0)
 {
-    /// <summary>Size of <see cref="WriteTo"/>'s encoding.</summary>
+    /// <summary>Size of <see cref="Encode"/>'s encoding.</summary>
     public const int EncodedLength = 28;
 
-    /// <summary>Writes the region in a fixed little-endian layout, for out-of-band exchange.</summary>
-    public void WriteTo(Span<byte> destination)
+    /// <summary>
+    /// Writes the region for out-of-band exchange: address, length, rkey, transfer limit and alignment, in that order,
+    /// big-endian (network byte order, as every wire encoding of the library).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="destination"/> is shorter than <see cref="EncodedLength"/>.</exception>
+    public void Encode(Span<byte> destination)
     {
         if (destination.Length < EncodedLength)
-            throw new ArgumentException($"needs {EncodedLength} bytes", nameof(destination));
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(destination, Address);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(destination[8..], Length);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[16..], RemoteKey);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[20..], MaxTransferPerRequest);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[24..], RequiredAlignment);
+            throw new ArgumentException($"needs {EncodedLength} bytes, got {destination.Length}", nameof(destination));
+        BinaryPrimitives.WriteUInt64BigEndian(destination, Address);
+        BinaryPrimitives.WriteUInt64BigEndian(destination[8..], Length);
+        BinaryPrimitives.WriteUInt32BigEndian(destination[16..], RemoteKey);
+        BinaryPrimitives.WriteUInt32BigEndian(destination[20..], MaxTransferPerRequest);
+        BinaryPrimitives.WriteUInt32BigEndian(destination[24..], RequiredAlignment);
     }
 
-    /// <summary>Reads what <see cref="WriteTo"/> wrote.</summary>
-    public static RemoteRegion ReadFrom(ReadOnlySpan<byte> source)
+    /// <summary>Reads what <see cref="Encode"/> wrote.</summary>
+    /// <exception cref="ArgumentException"><paramref name="source"/> is shorter than <see cref="EncodedLength"/>.</exception>
+    public static RemoteRegion Decode(ReadOnlySpan<byte> source)
     {
         if (source.Length < EncodedLength)
             throw new ArgumentException($"needs {EncodedLength} bytes, got {source.Length}", nameof(source));
-        return new(System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(source),
-            System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(source[8..]),
-            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[16..]),
-            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[20..]),
-            System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(source[24..]));
+        return new(BinaryPrimitives.ReadUInt64BigEndian(source), BinaryPrimitives.ReadUInt64BigEndian(source[8..]),
+            BinaryPrimitives.ReadUInt32BigEndian(source[16..]), BinaryPrimitives.ReadUInt32BigEndian(source[20..]),
+            BinaryPrimitives.ReadUInt32BigEndian(source[24..]));
     }
 
     internal void CheckRange(ulong offset, ulong length)

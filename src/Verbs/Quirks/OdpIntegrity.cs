@@ -8,7 +8,7 @@ public enum OdpIntegrityOperation
     /// <summary>RDMA WRITE from a pinned buffer into the ODP region (the ODP region is the responder's).</summary>
     WriteInto,
     /// <summary>RDMA READ out of the ODP region into a pinned buffer (the ODP region is the responder's).</summary>
-    ReadFrom,
+    ReadOutOf,
     /// <summary>RDMA WRITE whose source is the ODP region (the ODP region is the requester's).</summary>
     WriteFrom,
     /// <summary>RDMA READ whose destination is the ODP region (the ODP region is the requester's).</summary>

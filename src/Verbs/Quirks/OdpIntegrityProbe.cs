@@ -204,7 +204,7 @@ internal static unsafe class OdpIntegrityProbe
                     case OdpIntegrityOperation.WriteInto:
                         _a.PostWrite(id, _pinned.Slice(off, len), odpRemote, off);
                         break;
-                    case OdpIntegrityOperation.ReadFrom:
+                    case OdpIntegrityOperation.ReadOutOf:
                         _a.PostRead(id, _pinned.Slice(off, len), odpRemote, off);
                         break;
                     case OdpIntegrityOperation.WriteFrom:

@@ -15,7 +15,7 @@ namespace RdmaLease.Tests.Integrity;
 public class OdpDefectGuestTests(string directory, int mtuBytes)
 {
     static readonly int[] Packets = [2, 4, 16];
-    static readonly OdpIntegrityOperation[] Required = [OdpIntegrityOperation.WriteInto, OdpIntegrityOperation.ReadFrom, OdpIntegrityOperation.SendInto];
+    static readonly OdpIntegrityOperation[] Required = [OdpIntegrityOperation.WriteInto, OdpIntegrityOperation.ReadOutOf, OdpIntegrityOperation.SendInto];
     OdpRig _rig = null!;
 
     [OneTimeSetUp]

@@ -66,7 +66,7 @@ sealed unsafe class OdpRig : IDisposable
         Patterns.Fill(PinA.Span, 20 + length);
         Patterns.Fill(PinB.Span, 40 + length);
         bool odpIsTarget = op is OdpIntegrityOperation.WriteInto or OdpIntegrityOperation.ReadInto or OdpIntegrityOperation.SendInto;
-        RegisteredBuffer pin = op is OdpIntegrityOperation.WriteInto or OdpIntegrityOperation.ReadFrom or OdpIntegrityOperation.SendInto ? PinA : PinB;
+        RegisteredBuffer pin = op is OdpIntegrityOperation.WriteInto or OdpIntegrityOperation.ReadOutOf or OdpIntegrityOperation.SendInto ? PinA : PinB;
         Span<byte> source = odpIsTarget ? pin.Span : FileSpan, target = odpIsTarget ? FileSpan : pin.Span;
         byte[] expected = target.ToArray();
         source.Slice(offset, length).CopyTo(expected.AsSpan(offset));
@@ -79,7 +79,7 @@ sealed unsafe class OdpRig : IDisposable
                 a.PostWrite(id, PinA.Slice(off, len), remoteOdp, off);
                 RcPair.Expect(Pair.CqA, WorkCompletionOpcode.RdmaWrite, id);
                 break;
-            case OdpIntegrityOperation.ReadFrom:
+            case OdpIntegrityOperation.ReadOutOf:
                 a.PostRead(id, PinA.Slice(off, len), remoteOdp, off);
                 RcPair.Expect(Pair.CqA, WorkCompletionOpcode.RdmaRead, id);
                 break;

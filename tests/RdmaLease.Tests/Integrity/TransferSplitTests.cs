@@ -78,7 +78,7 @@ public class TransferSplitTests
         Assert.That((r with { MaxSafeTransfer = OdpIntegrityResult.Unlimited }).IsSound);
         Assert.That((r with { RequiredAlignment = 4096 }).Verdict, Does.EndWith("only at 4096-byte aligned ODP addresses (unaligned ones land at the page start)"));
         Assert.That((r with { MaxSafeTransfer = 0 }).IsUnsafe);
-        Assert.That(new OdpIntegrityCheck(OdpIntegrityOperation.ReadFrom, 0, 4096, 1, 3072, 1024, null).ToString(),
+        Assert.That(new OdpIntegrityCheck(OdpIntegrityOperation.ReadOutOf, 0, 4096, 1, 3072, 1024, null).ToString(),
             Does.Contain("CORRUPT, 3072 bytes wrong, first at 1024"));
     }
 }

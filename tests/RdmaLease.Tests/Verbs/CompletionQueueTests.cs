@@ -17,7 +17,7 @@ public class ExtendedCompletionQueueTests
 
     static Seen Project(WorkCompletion wc, CqRig rig) => new(wc.WorkRequestId, wc.Status, wc.Opcode, wc.ByteLength, wc.HasImmediate,
         wc.HasImmediate ? wc.Immediate : 0, wc.HasGlobalRouteHeader, wc.HasInvalidatedRemoteKey,
-        wc.QueuePairNumber == rig.A.Number ? "A" : wc.QueuePairNumber == rig.B.Number ? "B" : "?" + wc.QueuePairNumber);
+        wc.QueuePairNumber == rig.A.QueuePairNumber ? "A" : wc.QueuePairNumber == rig.B.QueuePairNumber ? "B" : "?" + wc.QueuePairNumber);
 
     static List<Seen> RcTraffic(bool extended)
     {
@@ -58,20 +58,20 @@ public class ExtendedCompletionQueueTests
         var qpA = pd.CreateQueuePair(new QueuePairOptions { Type = QueuePairType.UnreliableDatagram, SendCompletionQueue = cq, ReceiveCompletionQueue = cq });
         var qpB = pd.CreateQueuePair(new QueuePairOptions { Type = QueuePairType.UnreliableDatagram, SendCompletionQueue = cq, ReceiveCompletionQueue = cq });
         const uint Qkey = 0x11111111;
-        qpA.ActivateDatagram(Qkey);
-        qpB.ActivateDatagram(Qkey);
+        qpA.MoveToReadyToSend(Qkey);
+        qpB.MoveToReadyToSend(Qkey);
         int gid = device.FindGidIndex(IPAddress.Loopback);
         var ah = pd.CreateAddressHandle(qpB.LocalEndpoint(gid), gid);
         var send = pd.AllocateBuffer(4096, AccessFlags.LocalWrite);
         var recv = pd.AllocateBuffer(4096, AccessFlags.LocalWrite);
         Patterns.Fill(send.Span[..512], 77);
         qpB.PostReceive(1, recv.Slice(0, 40 + 512));
-        qpA.PostSend(2, send.Slice(0, 512), ah, qpB.Number, Qkey);
+        qpA.PostSend(2, send.Slice(0, 512), ah, qpB.QueuePairNumber, Qkey);
         var sent = RcPair.WaitOne(cq);
         var received = RcPair.WaitOne(cq);
         if (sent.WorkRequestId == 1)
             (sent, received) = (received, sent);
-        return (received, sent, qpA.Number, recv.Span.Slice(40, 512).ToArray());
+        return (received, sent, qpA.QueuePairNumber, recv.Span.Slice(40, 512).ToArray());
     }
 
     [Test]
@@ -106,7 +106,7 @@ public class ExtendedCompletionQueueTests
         var wrong = rig.Remote.ToRemote() with { RemoteKey = rig.Remote.RemoteKey ^ 0x5a5a00 };
         rig.A.PostWrite(50, rig.Local.Slice(0, 64), wrong);
         var wc = RcPair.WaitOne(rig.Cq);
-        Assert.That((wc.WorkRequestId, wc.Status, wc.QueuePairNumber), Is.EqualTo((50UL, WorkCompletionStatus.RemoteAccessError, rig.A.Number)), wc.ToString());
+        Assert.That((wc.WorkRequestId, wc.Status, wc.QueuePairNumber), Is.EqualTo((50UL, WorkCompletionStatus.RemoteAccessError, rig.A.QueuePairNumber)), wc.ToString());
         rig.A.PostWrite(51, rig.Local.Slice(0, 64), rig.Remote.ToRemote());
         wc = RcPair.WaitOne(rig.Cq);
         Assert.That((wc.WorkRequestId, wc.Status), Is.EqualTo((51UL, WorkCompletionStatus.WorkRequestFlushed)), "after the error the QP flushes: " + wc);

@@ -431,7 +431,7 @@ public class MemoryWindowTests
         var type1 = rig.TargetPd.AllocateMemoryWindow(MemoryWindowType.Type1);
         rig.Bind(target, type2, Writable);
         rig.Bind(target, type1, rig.Region2, Writable);
-        uint qpn = target.Number;
+        uint qpn = target.QueuePairNumber;
 
         target.Dispose();
         Assert.That(type2.IsDisposed, "the type 2 window bound through the QP");

@@ -24,8 +24,8 @@ public class MoreVerbsTests
         var qpA = pdA.CreateQueuePair(new QueuePairOptions { Type = QueuePairType.UnreliableDatagram, SendCompletionQueue = cqA, ReceiveCompletionQueue = cqA });
         var qpB = pdB.CreateQueuePair(new QueuePairOptions { Type = QueuePairType.UnreliableDatagram, SendCompletionQueue = cqB, ReceiveCompletionQueue = cqB });
         const uint Qkey = 0x11111111;
-        qpA.ActivateDatagram(Qkey);
-        qpB.ActivateDatagram(Qkey);
+        qpA.MoveToReadyToSend(Qkey);
+        qpB.MoveToReadyToSend(Qkey);
         int gidA = a.FindGidIndex(IPAddress.Parse(ipA)), gidB = db.FindGidIndex(IPAddress.Parse(ipB));
         var ah = pdA.CreateAddressHandle(qpB.LocalEndpoint(gidB), gidA);
 
@@ -34,11 +34,11 @@ public class MoreVerbsTests
         Patterns.Fill(send.Span[..512], 77);
         // A UD receive buffer starts with the 40-byte GRH.
         qpB.PostReceive(1, recv.Slice(0, 40 + 512));
-        qpA.PostSend(2, send.Slice(0, 512), ah, qpB.Number, Qkey);
+        qpA.PostSend(2, send.Slice(0, 512), ah, qpB.QueuePairNumber, Qkey);
         RcPair.Expect(cqA, WorkCompletionOpcode.Send, 2);
         var wc = RcPair.Expect(cqB, WorkCompletionOpcode.Receive, 1);
         Assert.That(wc.ByteLength, Is.EqualTo(40u + 512));
-        Assert.That(wc.SourceQueuePair, Is.EqualTo(qpA.Number));
+        Assert.That(wc.SourceQueuePair, Is.EqualTo(qpA.QueuePairNumber));
         Patterns.AssertEqual(recv.Span.Slice(40, 512), send.Span[..512], "UD payload");
     }
 
@@ -84,10 +84,10 @@ public class MoreVerbsTests
             if (wc.Opcode == WorkCompletionOpcode.Receive)
                 received[wc.QueuePairNumber] = wc;
         }
-        Assert.That(received.Keys, Is.EquivalentTo(receivers.Select(r => r.Number)), "each receiver took one SRQ buffer");
+        Assert.That(received.Keys, Is.EquivalentTo(receivers.Select(r => r.QueuePairNumber)), "each receiver took one SRQ buffer");
         foreach (var (qpn, wc) in received)
         {
-            int source = qpn == receivers[0].Number ? 0 : 1000;
+            int source = qpn == receivers[0].QueuePairNumber ? 0 : 1000;
             int slot = (int)(wc.WorkRequestId - 100);
             Patterns.AssertEqual(recv.Span.Slice(slot * 2048, 1000), send.Span.Slice(source, 1000), $"SRQ receive on QP {qpn}");
         }
