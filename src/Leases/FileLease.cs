@@ -182,7 +182,7 @@ public sealed class FileLease : IDisposable
     /// <c>pd.Register(lease.Range(offset, length), access)</c> (<see cref="LeasedRegistration"/>).
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">Empty, or outside the file's mapping.</exception>
-    public LeasedFileRange Range(long offset, long length) => new(this, offset, length);
+    public LeasedFileRange Range(ulong offset, ulong length) => new(this, offset, length);
 
     /// <summary>
     /// Releases the lease: deregisters the regions over the file (confirmed by the kernel), then F_UNLCK. Idempotent;

@@ -60,7 +60,7 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
                 var (mapping, descriptor) = file.MemoryOwners;
                 // The region keeps the mapping and the descriptor alive: neither is unmapped or closed before the
                 // kernel confirmed the region gone, whatever happens to this object or the file.
-                _region = pd.RegisterKeepingAlive(address, (nuint)range.Length, access, mapping, descriptor);
+                _region = pd.RegisterKeepingAlive(address, range.Length, access, mapping, descriptor);
                 file.AddRegion(_region);
             }
             catch
@@ -81,7 +81,7 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
     public ProtectionDomain ProtectionDomain { get; }
 
     /// <summary>Offset of the region's first byte in the file.</summary>
-    public long FileOffset { get; }
+    public ulong FileOffset { get; }
 
     /// <summary>
     /// The verbs region, for posting (<see cref="MemoryRegion.Slice"/>, <see cref="MemoryRegion.ToRemote()"/>). After the
@@ -90,7 +90,7 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
     public MemoryRegion Region => _region;
 
     /// <summary>Bytes registered.</summary>
-    public nuint Length => Region.Length;
+    public ulong Length => Region.Length;
 
     /// <summary>The rkey peers use (dead once the lease ended).</summary>
     public uint RemoteKey => Region.RemoteKey;

@@ -6,13 +6,14 @@ namespace RdmaLease.Leases;
 public readonly record struct LeasedFileRange
 {
     /// <summary>Checks that [<paramref name="offset"/>, +<paramref name="length"/>) lies inside the lease's file mapping.</summary>
+    /// <remarks>Offsets and lengths of memory and file ranges are <c>ulong</c> throughout the library (verbs' <c>uint64_t</c>).</remarks>
     /// <exception cref="ArgumentOutOfRangeException">The range is empty or outside the file's mapping.</exception>
-    public LeasedFileRange(FileLease lease, long offset, long length)
+    public LeasedFileRange(FileLease lease, ulong offset, ulong length)
     {
         ArgumentNullException.ThrowIfNull(lease);
-        ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
-        if (offset > lease.File.Length - length)
+        ArgumentOutOfRangeException.ThrowIfZero(length);
+        ulong mapped = (ulong)lease.File.Length;
+        if (offset > mapped || length > mapped - offset)
             throw new ArgumentOutOfRangeException(nameof(length), $"[{offset}, {offset}+{length}) is outside the {lease.File.Length}-byte mapping of '{lease.File.Path}'");
         Lease = lease;
         Offset = offset;
@@ -23,10 +24,10 @@ public readonly record struct LeasedFileRange
     public FileLease Lease { get; }
 
     /// <summary>Offset of the first byte in the file (and in its mapping).</summary>
-    public long Offset { get; }
+    public ulong Offset { get; }
 
     /// <summary>Bytes.</summary>
-    public long Length { get; }
+    public ulong Length { get; }
 }
 
 /// <summary>How <see cref="LeasedRegistration.Register(ProtectionDomain, LeasedFileRange, AccessFlags, LeasedRegistrationOptions?)"/> registers.</summary>
@@ -136,7 +137,7 @@ public static class LeasedRegistration
     public static LeasedMemoryRegion Register(this ProtectionDomain pd, FileLease lease, AccessFlags access, LeasedRegistrationOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(lease);
-        return Register(pd, new LeasedFileRange(lease, 0, lease.File.Length), access, options);
+        return Register(pd, new LeasedFileRange(lease, 0, (ulong)lease.File.Length), access, options);
     }
 
     /// <summary>

@@ -15,10 +15,10 @@ public unsafe class MemoryRegion : VerbsObject
 {
     /// <summary>The domain the region was registered in.</summary>
     public ProtectionDomain ProtectionDomain { get; }
-    /// <summary>First byte of the registered range in this process.</summary>
-    public nint Address { get; }
-    /// <summary>Length in bytes.</summary>
-    public nuint Length { get; }
+    /// <summary>First byte of the registered range in this process (verbs' <c>uint64_t</c>, like every address here).</summary>
+    public ulong Address { get; }
+    /// <summary>Length in bytes; may exceed 4 GiB (one work request moves at most <see cref="uint.MaxValue"/> bytes of it).</summary>
+    public ulong Length { get; }
     /// <summary>The address peers use for <see cref="Address"/> (usually the same).</summary>
     public ulong Iova { get; }
     /// <summary>Access rights the region was registered with.</summary>
@@ -34,12 +34,12 @@ public unsafe class MemoryRegion : VerbsObject
 
     // keepAlive: handles owning the memory (a file mapping, its descriptor), released only after the region's
     // deregistration succeeded, so the range cannot be unmapped while the region might exist.
-    internal MemoryRegion(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory,
+    internal MemoryRegion(ProtectionDomain pd, void* address, ulong length, AccessFlags access, ulong iova, bool ownsMemory,
         params ReadOnlySpan<SafeHandle?> keepAlive)
         : base(RegisterNative(pd, address, length, access, iova, ownsMemory, out ibv_mr* mr, keepAlive), pd)
     {
         ProtectionDomain = pd;
-        Address = (nint)address;
+        Address = (ulong)address;
         Length = length;
         Iova = iova;
         Access = access;
@@ -47,7 +47,7 @@ public unsafe class MemoryRegion : VerbsObject
         RemoteKey = mr->rkey;
     }
 
-    static NativeHandle RegisterNative(ProtectionDomain pd, void* address, nuint length, AccessFlags access, ulong iova, bool ownsMemory, out ibv_mr* mr,
+    static NativeHandle RegisterNative(ProtectionDomain pd, void* address, ulong length, AccessFlags access, ulong iova, bool ownsMemory, out ibv_mr* mr,
         ReadOnlySpan<SafeHandle?> keepAlive)
     {
         if ((access & (AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 && (access & AccessFlags.LocalWrite) == 0)
@@ -60,7 +60,7 @@ public unsafe class MemoryRegion : VerbsObject
         int errno = 0;
         try
         {
-            mr = libibverbs.ibv_reg_mr_iova2((ibv_pd*)pdRef.Pointer, address, length, iova, (uint)access);
+            mr = libibverbs.ibv_reg_mr_iova2((ibv_pd*)pdRef.Pointer, address, (nuint)length, iova, (uint)access);
             if (mr == null)
                 errno = Marshal.GetLastPInvokeError();
         }
@@ -172,7 +172,7 @@ public unsafe class MemoryRegion : VerbsObject
         if (!IsOnDemand)
             throw new InvalidOperationException($"{this} is not an ODP region; only ODP regions can be prefetched.");
         CheckRange(offset, length);
-        var sge = new ibv_sge { addr = (ulong)Address + offset, length = length, lkey = LocalKey };
+        var sge = new ibv_sge { addr = Address + offset, length = length, lkey = LocalKey };
         using var pd = ProtectionDomain.HandleForChildren.Enter();
         using var mr = EnterForPost();
         const int PrefetchRead = 0, PrefetchWrite = 1;   // IBV_ADVISE_MR_ADVICE_PREFETCH(_WRITE)
@@ -192,8 +192,12 @@ public unsafe class MemoryRegion : VerbsObject
         return new LocalSegment(this, offset, length);
     }
 
-    /// <summary>The whole region as a local segment.</summary>
-    public LocalSegment All => new(this, 0, checked((uint)Length));
+    /// <summary>The whole region as one local segment (one scatter/gather entry).</summary>
+    /// <exception cref="InvalidOperationException">The region is longer than one scatter/gather entry can be
+    /// (<see cref="uint.MaxValue"/> bytes, verbs' 32-bit <c>sge.length</c>): post parts of it with <see cref="Slice"/>.</exception>
+    public LocalSegment All => Length <= uint.MaxValue ? new(this, 0, (uint)Length) : throw new InvalidOperationException(
+        $"{this} is {Length} bytes, more than one scatter/gather entry can describe ({uint.MaxValue} bytes, verbs' 32-bit sge length): " +
+        "post parts of it with Slice(offset, length); a peer still reaches the whole region through ToRemote().");
 
     /// <summary>
     /// What a peer needs to reach this region: address (IOVA), length and rkey, and for an On-Demand-Paging region on a
@@ -221,31 +225,50 @@ public unsafe class MemoryRegion : VerbsObject
 /// </summary>
 public sealed unsafe class RegisteredBuffer : MemoryRegion
 {
-    internal RegisteredBuffer(ProtectionDomain pd, int length, AccessFlags access)
-        : this(pd, Allocate(length, out nuint size), size, access)
+    internal RegisteredBuffer(ProtectionDomain pd, ulong length, AccessFlags access)
+        : this(pd, Allocate(length, out ulong size), size, access)
     {
     }
 
-    RegisteredBuffer(ProtectionDomain pd, void* memory, nuint size, AccessFlags access)
+    RegisteredBuffer(ProtectionDomain pd, void* memory, ulong size, AccessFlags access)
         : base(pd, memory, size, access, (ulong)memory, ownsMemory: true)
     {
     }
 
-    static void* Allocate(int length, out nuint size)
+    static void* Allocate(ulong length, out ulong size)
     {
-        size = ((nuint)length + (nuint)Environment.SystemPageSize - 1) & ~((nuint)Environment.SystemPageSize - 1);
-        void* p = NativeMemory.AlignedAlloc(size, (nuint)Environment.SystemPageSize);
-        NativeMemory.Clear(p, size);
+        ulong page = (ulong)Environment.SystemPageSize;
+        if (length > ulong.MaxValue - page)
+            throw new ArgumentOutOfRangeException(nameof(length), length, "larger than any address space");
+        size = (length + page - 1) & ~(page - 1);
+        void* p = NativeMemory.AlignedAlloc((nuint)size, (nuint)page);   // throws OutOfMemoryException when it cannot
+        NativeMemory.Clear(p, (nuint)size);
         return p;
     }
 
     /// <summary>The buffer's bytes. Valid until the buffer is disposed.</summary>
+    /// <exception cref="InvalidOperationException">The buffer is longer than a span can be (<see cref="int.MaxValue"/>
+    /// bytes): use <see cref="AsSpan"/> for parts of it.</exception>
     public Span<byte> Span
     {
         get
         {
             ObjectDisposedException.ThrowIf(IsDisposed, this);
-            return new Span<byte>((void*)Address, checked((int)Length));
+            if (Length > int.MaxValue)
+                throw new InvalidOperationException(
+                    $"{this} is {Length} bytes; a Span<byte> holds at most {int.MaxValue}. Use AsSpan(offset, length) for parts of it.");
+            return new Span<byte>((void*)Address, (int)Length);
         }
+    }
+
+    /// <summary>The bytes [<paramref name="offset"/>, +<paramref name="length"/>) of the buffer, at any offset of a
+    /// buffer of any size. Valid until the buffer is disposed.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The range is not inside the buffer, or <paramref name="length"/> is negative.</exception>
+    public Span<byte> AsSpan(ulong offset, int length)
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        CheckRange(offset, (ulong)length);
+        return new Span<byte>((void*)(Address + offset), length);
     }
 }

@@ -39,12 +39,14 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     /// Allocates <paramref name="length"/> bytes of page-aligned, zeroed memory and registers it.
     /// The memory is freed after the region is deregistered (on dispose).
     /// </summary>
-    /// <param name="length">Bytes; rounded up to whole pages.</param>
+    /// <param name="length">Bytes; rounded up to whole pages. <see cref="RegisteredBuffer.Span"/> covers at most
+    /// <see cref="int.MaxValue"/> bytes; larger buffers are reached with <see cref="RegisteredBuffer.AsSpan"/> and posted with
+    /// <see cref="MemoryRegion.Slice"/>.</param>
     /// <param name="access">What local and remote peers may do. <see cref="AccessFlags.OnDemand"/> makes it an ODP region.</param>
     /// <remarks>ODP regions: as for <see cref="Register"/>.</remarks>
-    public RegisteredBuffer AllocateBuffer(int length, AccessFlags access = AccessFlags.LocalWrite)
+    public RegisteredBuffer AllocateBuffer(ulong length, AccessFlags access = AccessFlags.LocalWrite)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
+        ArgumentOutOfRangeException.ThrowIfZero(length);
         return new RegisteredBuffer(this, length, access);
     }
 
@@ -53,8 +55,10 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     /// +<paramref name="length"/> mapped until the region is disposed; for a pinned region the
     /// pages stay pinned until then, for an ODP region the device faults them in on use.
     /// </summary>
-    /// <param name="address">Start of the range.</param>
-    /// <param name="length">Bytes.</param>
+    /// <param name="address">Start of the range: a pointer into this process, which the caller vouches for (hence
+    /// <c>unsafe</c>). Every address the library reports back (<see cref="MemoryRegion.Address"/>, <see cref="LocalSegment.Address"/>,
+    /// <see cref="RemoteRegion.Address"/>) is a <c>ulong</c>, verbs' <c>uint64_t</c>.</param>
+    /// <param name="length">Bytes; regions of 4 GiB and more are fine (ODP ones need not fit in memory).</param>
     /// <param name="access">Access rights; include <see cref="AccessFlags.OnDemand"/> for ODP.</param>
     /// <param name="iova">The address peers use for the region's first byte (default: <paramref name="address"/>).</param>
     /// <remarks>
@@ -65,12 +69,12 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     /// </remarks>
     /// <exception cref="ArgumentException">The range lies in a leased file's mapping (register that through its lease).</exception>
     /// <exception cref="VerbsException">The kernel refused (e.g. EOPNOTSUPP for a pinned FS-DAX mapping).</exception>
-    public MemoryRegion Register(void* address, nuint length, AccessFlags access, ulong? iova = null)
+    public MemoryRegion Register(void* address, ulong length, AccessFlags access, ulong? iova = null)
     {
         if (address == null)
             throw new ArgumentNullException(nameof(address));
         ArgumentOutOfRangeException.ThrowIfZero(length);
-        if (ProtectedMappings.Overlapping((nint)address, length) is { } file)
+        if (ProtectedMappings.Overlapping((nint)address, (nuint)length) is { } file)
             throw new ArgumentException(
                 $"[0x{(nint)address:x}, +{length}) lies in the mapping of the leased file '{file}': a region registered directly would not be " +
                 "tied to the file's lease and could outlive it. Register it through the lease: pd.Register(lease.Range(offset, length), access).", nameof(address));
@@ -81,7 +85,7 @@ public sealed unsafe class ProtectionDomain : VerbsObject
     /// Registers memory owned by <paramref name="owners"/> (a file mapping and its descriptor): the region keeps them
     /// alive, so they are released only after the kernel confirmed the region deregistered.
     /// </summary>
-    internal MemoryRegion RegisterKeepingAlive(void* address, nuint length, AccessFlags access, params ReadOnlySpan<SafeHandle?> owners)
+    internal MemoryRegion RegisterKeepingAlive(void* address, ulong length, AccessFlags access, params ReadOnlySpan<SafeHandle?> owners)
     {
         if (address == null)
             throw new ArgumentNullException(nameof(address));

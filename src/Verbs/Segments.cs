@@ -9,11 +9,12 @@ namespace RdmaLease.Verbs;
 /// </summary>
 /// <param name="Region">The registered region.</param>
 /// <param name="Offset">Offset of the first byte from the region's start.</param>
-/// <param name="Length">Bytes.</param>
+/// <param name="Length">Bytes: the one 32-bit length of the library, as verbs' <c>sge.length</c> (one work request moves at
+/// most <see cref="uint.MaxValue"/> bytes); the region's own offsets and lengths are <c>ulong</c>.</param>
 public readonly record struct LocalSegment(MemoryRegion Region, ulong Offset, uint Length)
 {
     /// <summary>The address of the first byte in this process.</summary>
-    public ulong Address => (ulong)Region.Address + Offset;
+    public ulong Address => Region.Address + Offset;
 }
 
 /// <summary>

@@ -39,8 +39,8 @@ internal static unsafe class OdpIntegrityProbe
         using var pd = device.AllocateProtectionDomain();
         using var cq = device.CreateCompletionQueue(256);
         const AccessFlags access = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead;
-        using var odp = pd.Register(memory.Pointer, (nuint)window, access | AccessFlags.OnDemand);
-        using var pinned = pd.AllocateBuffer(window, access);
+        using var odp = pd.Register(memory.Pointer, (ulong)window, access | AccessFlags.OnDemand);
+        using var pinned = pd.AllocateBuffer((ulong)window, access);
         using var session = new Session(device, pd, cq, mtu, port, odp, pinned, memory);
 
         // 1. Four packets in one work request, at a page-aligned and at a mid-page ODP address.

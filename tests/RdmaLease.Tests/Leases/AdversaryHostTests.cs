@@ -285,12 +285,12 @@ public unsafe class AdversaryHostTests
         using var lease = file.AcquireLease();
         Assert.Multiple(() =>
         {
-            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(-1, 1));
+            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(ulong.MaxValue, 1));
             Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(0, 0));
-            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(0, -4096));
+            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(0, unchecked((ulong)-4096)));
             Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(long.MaxValue, 1));
-            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(1, long.MaxValue));
-            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(long.MinValue, long.MaxValue));
+            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(1, ulong.MaxValue));
+            Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(ulong.MaxValue, ulong.MaxValue));
             Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(8191, 2));
             Assert.That(lease.Range(8191, 1).Length, Is.EqualTo(1), "the last byte is a valid range");
             Assert.Throws<ArgumentOutOfRangeException>(() => file.GetSpan(long.MaxValue, 1));

@@ -49,7 +49,7 @@ public unsafe class LeasedRegistrationGuestTests
             Assert.That(mr.Access & AccessFlags.OnDemand, Is.EqualTo(AccessFlags.OnDemand));
             Assert.That(mr.IsActive, Is.True);
             Assert.That(mr.Length, Is.EqualTo((nuint)Size));
-            Assert.That(KernelView.MappingAt(mr.Region.Address), Does.EndWith(" " + file.Path), "the region is over a mapping of the file");
+            Assert.That(KernelView.MappingAt((nint)mr.Region.Address), Does.EndWith(" " + file.Path), "the region is over a mapping of the file");
         });
 
         using var source = pair.PdA.AllocateBuffer(Size, AccessFlags.LocalWrite);
@@ -145,7 +145,7 @@ public unsafe class LeasedRegistrationGuestTests
         var lease = file.AcquireLease();
         var mr = pair.PdB.Register(lease.Range(4 * Block, 8 * Block), RemoteWritable);
         Assert.That(mr.FileOffset, Is.EqualTo(4 * Block));
-        Assert.That(KernelView.MappingAt(mr.Region.Address - 4 * Block), Is.EqualTo(KernelView.MappingAt(mr.Region.Address)), "4 blocks into one mapping");
+        Assert.That(KernelView.MappingAt((nint)mr.Region.Address - 4 * Block), Is.EqualTo(KernelView.MappingAt((nint)mr.Region.Address)), "4 blocks into one mapping");
         WriteBlock(pair, mr.ToRemote(), 7 * Block);
         Assert.That(Classify(file.GetSpan(11 * Block, Block)), Is.EqualTo("peer"));
 

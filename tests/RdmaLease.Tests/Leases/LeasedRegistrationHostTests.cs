@@ -78,7 +78,7 @@ public class LeasedRegistrationHostTests
         var r = lease.Range(4096, 4096);
         Assert.That((r.Lease, r.Offset, r.Length), Is.EqualTo((lease, 4096L, 4096L)));
         Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(4096, 4097));
-        Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(-1, 10));
+        Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(ulong.MaxValue, 10));
         Assert.Throws<ArgumentOutOfRangeException>(() => lease.Range(0, 0));
         Assert.Throws<ArgumentNullException>(() => _ = new LeasedFileRange(null!, 0, 1));
     }

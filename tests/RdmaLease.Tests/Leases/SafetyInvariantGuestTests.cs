@@ -37,7 +37,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
-        nint address = mr.Region.Address;
+        nint address = (nint)mr.Region.Address;
         var remote = mr.ToRemote();
         using var other = pair.PdA.AllocateBuffer(Block, RemoteWritable);
 
@@ -82,7 +82,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
-        nint address = mr.Region.Address;
+        nint address = (nint)mr.Region.Address;
         var remote = mr.ToRemote();
         Assert.Multiple(() =>
         {
@@ -140,7 +140,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
-        nint address = mr.Region.Address;
+        nint address = (nint)mr.Region.Address;
         mr.AttachQueuePair(pair.B);
         using var sink = pair.PdA.AllocateBuffer(Block, RemoteWritable);
         var sinkRemote = sink.ToRemote();
@@ -214,7 +214,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
-        nint address = mr.Region.Address;
+        nint address = (nint)mr.Region.Address;
         var remote = mr.ToRemote();
         NativeHandle handle = mr.Region.HandleForChildren;
         handle.InjectDestroyFailures = 1000;
@@ -268,7 +268,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable, new LeasedRegistrationOptions { Mode = LeasedRegistrationMode.Pinned });
-        nint address = mr.Region.Address;
+        nint address = (nint)mr.Region.Address;
         Assert.That(mr.IsOnDemand, Is.False);
         var remote = mr.ToRemote();
         WriteOnce(pair, remote, 0, PeerSeed);
@@ -326,7 +326,7 @@ public unsafe class SafetyInvariantGuestTests
         var file = OpenFile(path, "/mnt/xfs", Size);
         var lease = file.AcquireLease();
         var mr = pair.PdB.Register(lease, RemoteWritable);
-        nint address = mr.Region.Address;
+        nint address = (nint)mr.Region.Address;
         NativeHandle handle = mr.Region.HandleForChildren;
         bool added = false;
         handle.DangerousAddRef(ref added);   // what a post holds while inside libibverbs; this one never returns in time
@@ -370,7 +370,7 @@ public unsafe class SafetyInvariantGuestTests
         var lease = file.AcquireLease();
         var broke = OnBreak(lease);
         var mr = pair.PdB.Register(lease, RemoteWritable);
-        nint address = mr.Region.Address;
+        nint address = (nint)mr.Region.Address;
         var remote = mr.ToRemote();
         WriteOnce(pair, remote, 0, PeerSeed);
         TimeSpan breakTime = FileLease.LeaseBreakTime;

@@ -527,8 +527,8 @@ sealed unsafe class WindowRig : IDisposable
         Source = PeerPd.AllocateBuffer(65536, AccessFlags.LocalWrite);
         Backing = TargetPd.AllocateBuffer(65536, AccessFlags.LocalWrite);
         Backing.Span.Fill(Untouched);
-        Region = TargetPd.Register((void*)(Backing.Address + (nint)RegionOffset), (nuint)RegionLength, Bindable);
-        Region2 = TargetPd.Register((void*)(Backing.Address + (nint)Region2Offset), (nuint)Region2Length, Bindable);
+        Region = TargetPd.Register((void*)(Backing.Address + RegionOffset), RegionLength, Bindable);
+        Region2 = TargetPd.Register((void*)(Backing.Address + Region2Offset), Region2Length, Bindable);
         Inbox = TargetPd.AllocateBuffer(4096, AccessFlags.LocalWrite);
         _peerGid = PeerDevice.FindGidIndex(peerAddress);
         _targetGid = TargetDevice.FindGidIndex(targetAddress);

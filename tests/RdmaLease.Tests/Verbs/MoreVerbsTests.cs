@@ -108,7 +108,7 @@ public class MoreVerbsTests
             TestContext.Out.WriteLine($"prefetch supported: {prefetched}");
             using var pinned = pair.PdA.AllocateBuffer(4096, Rw);
             Assert.Throws<InvalidOperationException>(() => pinned.Prefetch(0, 4096, forWrite: false), "only ODP regions prefetch");
-            using var source = pair.PdA.AllocateBuffer((int)size, Rw);
+            using var source = pair.PdA.AllocateBuffer(size, Rw);
             Assert.That(pair.A.PathMtu, Is.EqualTo(Mtu.Mtu4096), "rxelo runs at 4096: multi-packet ODP writes are correct there");
             Patterns.Fill(source.Span, 123);
             pair.A.PostWrite(1, source.All, odp.ToRemote());
