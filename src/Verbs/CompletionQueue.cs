@@ -77,16 +77,9 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
         }
     }
 
-    static NativeHandle CreateChannel(Device device)
-    {
-        NativeHandle parent = device.HandleForChildren;
-        using var ctxRef = parent.Enter();
-        nint ctx = ctxRef.Pointer;
-        ibv_comp_channel* ch = libibverbs.ibv_create_comp_channel((ibv_context*)ctx);
-        if (ch == null)
-            throw new VerbsException("ibv_create_comp_channel", device.ToString(), Marshal.GetLastPInvokeError());
-        return new NativeHandle((nint)ch, &DestroyChannel, "completion channel on " + device.Name, parent);
-    }
+    static NativeHandle CreateChannel(Device device) =>
+        NativeCalls.Create(device.HandleForChildren, 0, static (ctx, _) => (nint)libibverbs.ibv_create_comp_channel((ibv_context*)ctx), &DestroyChannel,
+            "ibv_create_comp_channel", device.ToString(), "completion channel on " + device.Name);
 
     static int DestroyChannel(nint ch) => libibverbs.ibv_destroy_comp_channel((ibv_comp_channel*)ch);
 
@@ -97,31 +90,19 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
             channel?.Dispose();
             throw new ArgumentOutOfRangeException(nameof(entries), entries, $"{device} supports 1..{device.Attributes.MaxCqe} CQ entries");
         }
-        NativeHandle parent = device.HandleForChildren;
-        using var ctxRef = parent.Enter();
-        nint ctx = ctxRef.Pointer;
         var ch = channel == null ? null : (ibv_comp_channel*)channel.DangerousGetHandle();
-        ibv_cq* cq;
-        if (extended)
-        {
-            // Every field a plain ibv_poll_cq reports (but the P_Key index): IBV_WC_STANDARD_FLAGS.
-            var attr = new ibv_cq_init_attr_ex { cqe = (uint)entries, channel = ch, wc_flags = libibverbs.IBV_WC_STANDARD_FLAGS };
-            cq = (ibv_cq*)RdmaLeaseNative.CreateCqEx((ibv_context*)ctx, &attr);   // ibv_cq_ex_to_cq is this cast
-        }
-        else
-        {
-            cq = libibverbs.ibv_create_cq((ibv_context*)ctx, entries, null, ch, 0);
-        }
-        if (cq == null)
-        {
-            int errno = Marshal.GetLastPInvokeError();
-            channel?.Dispose();
-            throw new VerbsException(extended ? "ibv_create_cq_ex" : "ibv_create_cq", $"{device} ({entries} entries)", errno,
-                extended && errno == Errno.EOPNOTSUPP ? "The provider has no extended CQs (or not every standard completion field): create a plain one." : null);
-        }
-        capacity = cq->cqe;
+        // Every field a plain ibv_poll_cq reports (but the P_Key index): IBV_WC_STANDARD_FLAGS.
+        var attr = new ibv_cq_init_attr_ex { cqe = (uint)entries, channel = ch, wc_flags = libibverbs.IBV_WC_STANDARD_FLAGS };
         // The channel must outlive the CQ: it is a dependency, released after ibv_destroy_cq.
-        return new NativeHandle((nint)cq, &Destroy, (extended ? "extended " : "") + "completion queue on " + device.Name, parent, channel);
+        var handle = NativeCalls.Create(device.HandleForChildren, (nint)(&attr), extended
+                ? static (ctx, a) => (nint)RdmaLeaseNative.CreateCqEx((ibv_context*)ctx, (ibv_cq_init_attr_ex*)a)   // ibv_cq_ex_to_cq is a cast
+                : static (ctx, a) => (nint)libibverbs.ibv_create_cq((ibv_context*)ctx, (int)((ibv_cq_init_attr_ex*)a)->cqe, null, ((ibv_cq_init_attr_ex*)a)->channel, 0),
+            &Destroy, extended ? "ibv_create_cq_ex" : "ibv_create_cq", $"{device} ({entries} entries)",
+            (extended ? "extended " : "") + "completion queue on " + device.Name,
+            errno => extended && errno == Errno.EOPNOTSUPP ? "The provider has no extended CQs (or not every standard completion field): create a plain one." : null,
+            onFailure: () => channel?.Dispose(), channel);
+        capacity = ((ibv_cq*)handle.DangerousGetHandle())->cqe;
+        return handle;
     }
 
     static int Destroy(nint cq) => libibverbs.ibv_destroy_cq((ibv_cq*)cq);

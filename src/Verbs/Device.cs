@@ -29,12 +29,12 @@ public sealed unsafe partial class Device : VerbsObject
 
     AsyncEventReader? _events;
 
-    Device(ibv_context* context, string name)
-        : base(new NativeHandle((nint)context, &CloseDevice, "device " + name), parent: null)
+    Device(NativeHandle context, string name)
+        : base(context, parent: null)
     {
         Name = name;
         Attributes = QueryAttributes();
-        Driver = DriverOf(context);
+        Driver = DriverOf(Context);
     }
 
     static int CloseDevice(nint context) => libibverbs.ibv_close_device((ibv_context*)context);
@@ -76,10 +76,8 @@ public sealed unsafe partial class Device : VerbsObject
             {
                 if (NameOf(list[i]) != name)
                     continue;
-                ibv_context* context = libibverbs.ibv_open_device(list[i]);
-                if (context == null)
-                    throw new VerbsException("ibv_open_device", "device " + name, Marshal.GetLastPInvokeError(),
-                        "Check the permissions of /dev/infiniband/uverbs*.");
+                var context = NativeCalls.Create(null, (nint)list[i], static (_, d) => (nint)libibverbs.ibv_open_device((ibv_device*)d), &CloseDevice,
+                    "ibv_open_device", "device " + name, "device " + name, _ => "Check the permissions of /dev/infiniband/uverbs*.");
                 var device = new Device(context, name);
                 try
                 {
@@ -121,9 +119,8 @@ public sealed unsafe partial class Device : VerbsObject
     DeviceAttributes QueryAttributes()
     {
         ibv_device_attr_ex attr;
-        int rc = RdmaLeaseNative.QueryDeviceEx(Context, &attr, (ulong)sizeof(ibv_device_attr_ex));
-        if (rc != 0)
-            throw new VerbsException("ibv_query_device_ex", ToString(), rc);
+        NativeCalls.Call(Handle, (nint)(&attr), static (ctx, a) => RdmaLeaseNative.QueryDeviceEx((ibv_context*)ctx, (ibv_device_attr_ex*)a, (ulong)sizeof(ibv_device_attr_ex)),
+            "ibv_query_device_ex", this);
         return DeviceAttributes.From(attr);
     }
 
@@ -131,13 +128,10 @@ public sealed unsafe partial class Device : VerbsObject
     public PortAttributes QueryPort(byte port = 1)
     {
         CheckPort(port);
-        ibv_port_attr attr;
-        using var ctxRef = Handle.Enter();
-        nint ctx = ctxRef.Pointer;
-        int rc = RdmaLeaseNative.QueryPort((ibv_context*)ctx, port, &attr, (ulong)sizeof(ibv_port_attr));
-        if (rc != 0)
-            throw new VerbsException("ibv_query_port", $"{this} port {port}", rc);
-        return PortAttributes.From(port, attr);
+        var query = new PortQuery { Port = port };
+        NativeCalls.Call(Handle, (nint)(&query), static (ctx, q) => RdmaLeaseNative.QueryPort((ibv_context*)ctx, ((PortQuery*)q)->Port, &((PortQuery*)q)->Attr, (ulong)sizeof(ibv_port_attr)),
+            "ibv_query_port", $"{this} port {port}");
+        return PortAttributes.From(port, query.Attr);
     }
 
     /// <summary>One entry of the GID table of <paramref name="port"/>.</summary>
@@ -146,13 +140,26 @@ public sealed unsafe partial class Device : VerbsObject
     {
         CheckPort(port);
         ArgumentOutOfRangeException.ThrowIfNegative(index);
-        ibv_gid_entry entry;
-        using var ctxRef = Handle.Enter();
-        nint ctx = ctxRef.Pointer;
-        int rc = libibverbs._ibv_query_gid_ex((ibv_context*)ctx, port, (uint)index, &entry, 0, (nuint)sizeof(ibv_gid_entry));
-        if (rc != 0)
-            throw new VerbsException("ibv_query_gid_ex", $"{this} port {port} GID index {index}", rc);
-        return GidEntry.From(entry);
+        var query = new GidQuery { Port = port, Index = (uint)index };
+        NativeCalls.Call(Handle, (nint)(&query), static (ctx, q) =>
+            {
+                var g = (GidQuery*)q;
+                return libibverbs._ibv_query_gid_ex((ibv_context*)ctx, g->Port, g->Index, &g->Entry, 0, (nuint)sizeof(ibv_gid_entry));
+            }, "ibv_query_gid_ex", $"{this} port {port} GID index {index}");
+        return GidEntry.From(query.Entry);
+    }
+
+    struct PortQuery
+    {
+        public byte Port;
+        public ibv_port_attr Attr;
+    }
+
+    struct GidQuery
+    {
+        public byte Port;
+        public uint Index;
+        public ibv_gid_entry Entry;
     }
 
     /// <summary>The populated entries of every port's GID table.</summary>

@@ -51,35 +51,33 @@ public unsafe class MemoryRegion : VerbsObject
         ReadOnlySpan<SafeHandle?> keepAlive)
     {
         if ((access & (AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 && (access & AccessFlags.LocalWrite) == 0)
-            throw new ArgumentException($"{access}: remote write and remote atomic access need LocalWrite too (the verbs API requires it).", nameof(access));
-        NativeHandle parent = pd.HandleForChildren;
-        using var pdRef = parent.Enter();
-        // The handle takes its references on the parent and the keep-alive handles first, so none of them can be
-        // closed between the registration and the moment the region depends on them; the pointer is set after.
-        var handle = new NativeHandle(0, &Deregister, $"memory region 0x{(nint)address:x}+{length}", [parent, .. keepAlive]);
-        int errno = 0;
-        try
         {
-            mr = libibverbs.ibv_reg_mr_iova2((ibv_pd*)pdRef.Pointer, address, (nuint)length, iova, (uint)access);
-            if (mr == null)
-                errno = Marshal.GetLastPInvokeError();
-        }
-        catch
-        {
-            handle.ReleaseDependenciesOfUnusedHandle();
-            throw;
-        }
-        if (mr == null)
-        {
-            handle.ReleaseDependenciesOfUnusedHandle();
             if (ownsMemory)
                 NativeMemory.AlignedFree(address);
-            throw new VerbsException("ibv_reg_mr", $"{length} bytes at 0x{(nint)address:x} ({access}) in {pd}", errno, Hint(errno, access));
+            throw new ArgumentException($"{access}: remote write and remote atomic access need LocalWrite too (the verbs API requires it).", nameof(access));
         }
-        handle.Attach((nint)mr, $"memory region 0x{(nint)address:x}+{length} (rkey 0x{mr->rkey:x})");
+        // The keep-alive handles are dependencies: released only after ibv_dereg_mr succeeded.
+        nint memory = (nint)address;
+        var args = new Registration { Address = address, Length = (nuint)length, Iova = iova, Access = (uint)access };
+        var handle = NativeCalls.Create(pd.HandleForChildren, (nint)(&args), static (p, a) =>
+            {
+                var r = (Registration*)a;
+                return (nint)libibverbs.ibv_reg_mr_iova2((ibv_pd*)p, r->Address, r->Length, r->Iova, r->Access);
+            }, &Deregister, "ibv_reg_mr", $"{length} bytes at 0x{memory:x} ({access}) in {pd}", $"memory region 0x{memory:x}+{length}",
+            errno => Hint(errno, access), ownsMemory ? () => NativeMemory.AlignedFree((void*)memory) : null, keepAlive);
+        mr = (ibv_mr*)handle.DangerousGetHandle();
+        handle.Rename($"memory region 0x{memory:x}+{length} (rkey 0x{mr->rkey:x})");
         if (ownsMemory)
             handle.FreeAfterDestroy = (nint)address;
         return handle;
+    }
+
+    struct Registration
+    {
+        public void* Address;
+        public nuint Length;
+        public ulong Iova;
+        public uint Access;
     }
 
     static string? Hint(int errno, AccessFlags access) => errno switch

@@ -60,16 +60,12 @@ public sealed unsafe class MemoryWindow : VerbsObject
             : (caps & (MemoryWindowCapabilities.Type2A | MemoryWindowCapabilities.Type2B)) != 0;
         if (!supported)
             throw new NotSupportedException($"{pd.Device} does not support {type} memory windows (it reports {caps}).");
-        NativeHandle parent = pd.HandleForChildren;
-        using var pdRef = parent.Enter();
-        mw = RdmaLeaseNative.AllocMw((ibv_pd*)pdRef.Pointer, (int)type);
-        if (mw == null)
-        {
-            int errno = Marshal.GetLastPInvokeError();
-            throw new VerbsException("ibv_alloc_mw", $"{type} memory window in {pd}", errno,
-                errno == Errno.ENOMEM ? $"The device allows {pd.Device.Attributes.MaxMw} memory windows." : null);
-        }
-        return new NativeHandle((nint)mw, &Dealloc, $"{type} memory window (rkey 0x{mw->rkey:x}) on {pd.Device.Name}", parent);
+        var handle = NativeCalls.Create(pd.HandleForChildren, (nint)type, static (p, t) => (nint)RdmaLeaseNative.AllocMw((ibv_pd*)p, (int)t), &Dealloc,
+            "ibv_alloc_mw", $"{type} memory window in {pd}", $"{type} memory window on {pd.Device.Name}",
+            errno => errno == Errno.ENOMEM ? $"The device allows {pd.Device.Attributes.MaxMw} memory windows." : null);
+        mw = (ibv_mw*)handle.DangerousGetHandle();
+        handle.Rename($"{type} memory window (rkey 0x{mw->rkey:x}) on {pd.Device.Name}");
+        return handle;
     }
 
     static int Dealloc(nint mw) => RdmaLeaseNative.DeallocMw((ibv_mw*)mw);

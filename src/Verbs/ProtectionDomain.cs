@@ -22,16 +22,9 @@ public sealed unsafe class ProtectionDomain : VerbsObject
         Device = device;
     }
 
-    static NativeHandle Allocate(Device device)
-    {
-        NativeHandle parent = device.HandleForChildren;
-        using var ctxRef = parent.Enter();
-        nint ctx = ctxRef.Pointer;
-        ibv_pd* pd = libibverbs.ibv_alloc_pd((ibv_context*)ctx);
-        if (pd == null)
-            throw new VerbsException("ibv_alloc_pd", device.ToString(), Marshal.GetLastPInvokeError());
-        return new NativeHandle((nint)pd, &Dealloc, "protection domain on " + device.Name, parent);
-    }
+    static NativeHandle Allocate(Device device) =>
+        NativeCalls.Create(device.HandleForChildren, 0, static (ctx, _) => (nint)libibverbs.ibv_alloc_pd((ibv_context*)ctx), &Dealloc,
+            "ibv_alloc_pd", device.ToString(), "protection domain on " + device.Name);
 
     static int Dealloc(nint pd) => libibverbs.ibv_dealloc_pd((ibv_pd*)pd);
 

@@ -139,7 +139,6 @@ public sealed unsafe partial class QueuePair : VerbsObject
             recv = o.ReceiveCompletionQueue.HandleForChildren;
         NativeHandle? srq = o.SharedReceiveQueue?.HandleForChildren;
         using var p = pdHandle.Enter();
-        using var ctx = pd.Device.HandleForChildren.Enter();
         using var sendRef = send.Enter();
         using var recvRef = recv.Enter();
         using var srqRef = srq is null ? default : srq.Enter();
@@ -162,27 +161,27 @@ public sealed unsafe partial class QueuePair : VerbsObject
 
         // The extended work-request API (for FLUSH and ATOMIC WRITE) where the device has it;
         // otherwise a plain QP. UD supports only sends in the extended API.
-        qpx = null;
-        qp = null;
-        if (o.Type == QueuePairType.ReliableConnected)
-        {
-            attr.comp_mask = InitAttrPd | InitAttrSendOpsFlags;
-            attr.send_ops_flags = SendOpsForLibrary();
-            qp = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx.Pointer, &attr);
-            if (qp != null)
-                qpx = libibverbs.ibv_qp_to_qp_ex(qp);
-        }
-        if (qp == null)
-        {
-            attr.comp_mask = InitAttrPd;
-            attr.send_ops_flags = 0;
-            qp = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx.Pointer, &attr);
-        }
-        if (qp == null)
-            throw new VerbsException("ibv_create_qp_ex", $"{o.Type} QP in {pd}", Marshal.GetLastPInvokeError(),
-                $"Asked for {o.MaxSendRequests}/{o.MaxReceiveRequests} requests, {o.MaxSendScatterGather}/{o.MaxReceiveScatterGather} SGEs, {o.MaxInlineData} inline bytes; the device allows {pd.Device.Attributes.MaxQpWr} requests and {pd.Device.Attributes.MaxSge} SGEs.");
+        attr.comp_mask = o.Type == QueuePairType.ReliableConnected ? InitAttrPd | InitAttrSendOpsFlags : InitAttrPd;
+        attr.send_ops_flags = o.Type == QueuePairType.ReliableConnected ? SendOpsForLibrary() : 0;
         // The QP must be destroyed before its CQs and SRQ: they are dependencies of its handle.
-        return new NativeHandle((nint)qp, &Destroy, $"QP {qp->qp_num} on {pd.Device.Name}", pdHandle, send, recv, srq);
+        var handle = NativeCalls.Create(pd.Device.HandleForChildren, (nint)(&attr), static (ctx, a) =>
+            {
+                var init = (ibv_qp_init_attr_ex*)a;
+                ibv_qp* created = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx, init);
+                if (created == null && (init->comp_mask & InitAttrSendOpsFlags) != 0)
+                {
+                    init->comp_mask = InitAttrPd;   // the plain QP; comp_mask then says which one was made
+                    init->send_ops_flags = 0;
+                    created = RdmaLeaseNative.CreateQpEx((ibv_context*)ctx, init);
+                }
+                return (nint)created;
+            }, &Destroy, "ibv_create_qp_ex", $"{o.Type} QP in {pd}", $"{o.Type} QP on {pd.Device.Name}",
+            _ => $"Asked for {o.MaxSendRequests}/{o.MaxReceiveRequests} requests, {o.MaxSendScatterGather}/{o.MaxReceiveScatterGather} SGEs, {o.MaxInlineData} inline bytes; the device allows {pd.Device.Attributes.MaxQpWr} requests and {pd.Device.Attributes.MaxSge} SGEs.",
+            onFailure: null, pdHandle, send, recv, srq);
+        qp = (ibv_qp*)handle.DangerousGetHandle();
+        qpx = (attr.comp_mask & InitAttrSendOpsFlags) != 0 ? libibverbs.ibv_qp_to_qp_ex(qp) : null;
+        handle.Rename($"QP {qp->qp_num} on {pd.Device.Name}");
+        return handle;
     }
 
     static int Destroy(nint qp) => libibverbs.ibv_destroy_qp((ibv_qp*)qp);

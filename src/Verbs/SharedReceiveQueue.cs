@@ -27,16 +27,11 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxWr);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxSge);
-        NativeHandle parent = pd.HandleForChildren;
-        using var pRef = parent.Enter();
-        nint p = pRef.Pointer;
         var attr = new ibv_srq_init_attr();
         attr.attr.max_wr = (uint)maxWr;
         attr.attr.max_sge = (uint)maxSge;
-        ibv_srq* srq = libibverbs.ibv_create_srq((ibv_pd*)p, &attr);
-        if (srq == null)
-            throw new VerbsException("ibv_create_srq", $"SRQ of {maxWr} requests in {pd}", Marshal.GetLastPInvokeError());
-        return new NativeHandle((nint)srq, &Destroy, "SRQ on " + pd.Device.Name, parent);
+        return NativeCalls.Create(pd.HandleForChildren, (nint)(&attr), static (p, a) => (nint)libibverbs.ibv_create_srq((ibv_pd*)p, (ibv_srq_init_attr*)a),
+            &Destroy, "ibv_create_srq", $"SRQ of {maxWr} requests in {pd}", "SRQ on " + pd.Device.Name);
     }
 
     static int Destroy(nint srq) => libibverbs.ibv_destroy_srq((ibv_srq*)srq);

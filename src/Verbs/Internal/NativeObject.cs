@@ -111,6 +111,9 @@ internal sealed unsafe class NativeHandle : SafeHandle
         SetHandle(pointer);
     }
 
+    /// <summary>Replaces the description used in messages (e.g. with a key known only once the object exists).</summary>
+    internal void Rename(string what) => _what = what;
+
     /// <summary>For a handle made with 0 whose native object could not be created: gives the references back.</summary>
     internal void ReleaseDependenciesOfUnusedHandle()
     {
