@@ -140,7 +140,7 @@ static unsafe partial class InteropCost
         var a = pd.CreateQueuePair(options);
         var b = pd.CreateQueuePair(options);
         int gid = pd.Device.FindGidIndex(IPAddress.Loopback);
-        var connect = new ConnectOptions { GidIndex = gid, PathMtu = pathMtu };
+        var connect = new ConnectOptions { GidIndex = gid, PathMtu = pathMtu, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic };
         a.Connect(b.LocalEndpoint(gid), connect);
         b.Connect(a.LocalEndpoint(gid), connect);
         return (a, b);

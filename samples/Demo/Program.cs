@@ -37,8 +37,8 @@ int gid = device.FindGidIndex(IPAddress.Loopback);
 var options = new QueuePairOptions { SendCompletionQueue = cq, ReceiveCompletionQueue = cq };
 var peer = pd.CreateQueuePair(options);
 var server = pd.CreateQueuePair(options);
-peer.Connect(server.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
-server.Connect(peer.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+peer.Connect(server.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.FlushPersistent });
+server.Connect(peer.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.FlushPersistent });
 using var source = pd.AllocateBuffer(Chunk, Rw);
 var remote = region.ToRemote();   // what the peer was given out of band
 
@@ -94,8 +94,8 @@ using var cq2 = device.CreateCompletionQueue(64);
 var options2 = options with { SendCompletionQueue = cq2, ReceiveCompletionQueue = cq2 };
 var fresh = pd.CreateQueuePair(options2);
 var freshTarget = pd.CreateQueuePair(options2);
-fresh.Connect(freshTarget.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
-freshTarget.Connect(fresh.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+fresh.Connect(freshTarget.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.FlushPersistent });
+freshTarget.Connect(fresh.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.FlushPersistent });
 fresh.PostWrite(5, source.All, region2.ToRemote(), 0);
 var ok = Wait(cq2);
 Console.WriteLine($"  re-leased and re-registered (rkey 0x{region2.RemoteKey:x}): peer write {ok.Status}, bytes match {again.GetSpan(0, Chunk).SequenceEqual(source.Span)}");

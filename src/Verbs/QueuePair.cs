@@ -211,14 +211,15 @@ public sealed unsafe partial class QueuePair : VerbsObject
         Mtu mtu = options.PathMtu ?? port.ActiveMtu;
         if (mtu > port.ActiveMtu)
             throw new ArgumentOutOfRangeException(nameof(options), mtu, $"path MTU {mtu.Bytes()} exceeds port {options.Port}'s active MTU {port.ActiveMtu.Bytes()}");
+        CheckPath(options);
         var odp = OdpRuleAt(mtu);   // before any transition: in OdpQuirkMode.Probe, a new MTU runs the probe here
 
         var attr = new ibv_qp_attr
         {
             qp_state = ibv_qp_state.IBV_QPS_INIT,
-            pkey_index = 0,
+            pkey_index = options.PartitionKeyIndex,
             port_num = options.Port,
-            qp_access_flags = (uint)((options.RemoteAccess ?? DefaultRemoteAccess(ProtectionDomain.Device)) | AccessFlags.LocalWrite),
+            qp_access_flags = (uint)(options.RemoteAccess | AccessFlags.LocalWrite),
         };
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_PKEY_INDEX | ibv_qp_attr_mask.IBV_QP_PORT | ibv_qp_attr_mask.IBV_QP_ACCESS_FLAGS, "RESET->INIT");
 
@@ -234,8 +235,11 @@ public sealed unsafe partial class QueuePair : VerbsObject
         attr.ah_attr.dlid = remote.Lid;
         attr.ah_attr.port_num = options.Port;
         attr.ah_attr.is_global = 1;
+        attr.ah_attr.sl = options.ServiceLevel;
         attr.ah_attr.grh.sgid_index = (byte)options.GidIndex;
-        attr.ah_attr.grh.hop_limit = 64;
+        attr.ah_attr.grh.hop_limit = options.HopLimit;
+        attr.ah_attr.grh.traffic_class = options.TrafficClass;
+        attr.ah_attr.grh.flow_label = options.FlowLabel;
         WriteGid(remote.Gid, ref attr.ah_attr.grh.dgid);
         Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_AV | ibv_qp_attr_mask.IBV_QP_PATH_MTU | ibv_qp_attr_mask.IBV_QP_DEST_QPN | ibv_qp_attr_mask.IBV_QP_RQ_PSN
             | ibv_qp_attr_mask.IBV_QP_MAX_DEST_RD_ATOMIC | ibv_qp_attr_mask.IBV_QP_MIN_RNR_TIMER, "INIT->RTR");
@@ -255,12 +259,43 @@ public sealed unsafe partial class QueuePair : VerbsObject
         _odp = odp;
     }
 
-    static AccessFlags DefaultRemoteAccess(Device device) =>
-        AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic
-        | (device.Attributes.FlushGlobal ? AccessFlags.FlushGlobal : 0)
-        | (device.Attributes.FlushPersistent ? AccessFlags.FlushPersistent : 0);
+    const AccessFlags RemoteOperations = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic
+        | AccessFlags.FlushGlobal | AccessFlags.FlushPersistent;
 
-    /// <summary>Moves a UD QP to RTS, receiving datagrams sent with <paramref name="qkey"/>.</summary>
+    static void CheckPath(ConnectOptions options)
+    {
+        if ((options.RemoteAccess & ~RemoteOperations) != 0)
+            throw new ArgumentException($"ConnectOptions.RemoteAccess {options.RemoteAccess}: a QP grants only {RemoteOperations} (local access is the region's).", nameof(options));
+        if (options.ServiceLevel > 15)
+            throw new ArgumentOutOfRangeException(nameof(options), options.ServiceLevel, "ConnectOptions.ServiceLevel is 4 bits (0..15)");
+        if (options.FlowLabel > 0xfffff)
+            throw new ArgumentOutOfRangeException(nameof(options), options.FlowLabel, "ConnectOptions.FlowLabel is 20 bits (0..0xfffff)");
+    }
+
+    /// <summary>
+    /// Changes the operations the peer may direct at this connected QP (ibv_modify_qp RTS→RTS with the access flags,
+    /// which the kernel allows in RTS): grant RDMA WRITE/READ when the peer needs them, take them back when it no
+    /// longer does. The path (service level, traffic class, flow label, hop limit, P_Key index, MTU) is fixed once the
+    /// QP is connected: the kernel refuses to change it in RTS; set it with <see cref="ConnectOptions"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="remoteAccess"/> holds more than remote operations.</exception>
+    /// <exception cref="InvalidOperationException">The QP is not RC/UC or not in RTS.</exception>
+    public void ChangeRemoteAccess(AccessFlags remoteAccess)
+    {
+        if ((remoteAccess & ~RemoteOperations) != 0)
+            throw new ArgumentException($"{remoteAccess}: a QP grants only {RemoteOperations}.", nameof(remoteAccess));
+        if (Type == QueuePairType.UnreliableDatagram)
+            throw new InvalidOperationException($"{this} is UD: peers cannot direct RDMA operations at it.");
+        if (QueryState() is var state and not QueuePairState.ReadyToSend)
+            throw new InvalidOperationException($"{this} is {state}: its remote access changes in RTS (connect it first).");
+        var attr = new ibv_qp_attr { qp_state = ibv_qp_state.IBV_QPS_RTS, qp_access_flags = (uint)(remoteAccess | AccessFlags.LocalWrite) };
+        Modify(ref attr, ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_ACCESS_FLAGS, "RTS->RTS access");
+    }
+
+    /// <summary>
+    /// Moves a UD QP through RESET → INIT → RTR → RTS (verbs' states), receiving datagrams sent with
+    /// <paramref name="qkey"/>. RC/UC QPs get there with <see cref="Connect"/>.
+    /// </summary>
     public void MoveToReadyToSend(uint qkey, byte port = 1)
     {
         if (Type != QueuePairType.UnreliableDatagram)
@@ -283,16 +318,58 @@ public sealed unsafe partial class QueuePair : VerbsObject
     }
 
     /// <summary>The QP's current state (ibv_query_qp).</summary>
-    public QueuePairState QueryState()
+    public QueuePairState QueryState() => (QueuePairState)QueryNative(ibv_qp_attr_mask.IBV_QP_STATE).qp_state;
+
+    /// <summary>The QP's attributes as the kernel reports them (ibv_query_qp): state, path, retries, access, PSNs.</summary>
+    public QueuePairAttributes Query()
     {
-        ibv_qp_attr attr;
-        ibv_qp_init_attr init;
-        using var qpRef = Handle.Enter();
-        nint qp = qpRef.Pointer;
-        int rc = libibverbs.ibv_query_qp((ibv_qp*)qp, &attr, (int)ibv_qp_attr_mask.IBV_QP_STATE, &init);
-        if (rc != 0)
-            throw new VerbsException("ibv_query_qp", ToString(), rc);
-        return (QueuePairState)attr.qp_state;
+        const ibv_qp_attr_mask All = ibv_qp_attr_mask.IBV_QP_STATE | ibv_qp_attr_mask.IBV_QP_PATH_MTU | ibv_qp_attr_mask.IBV_QP_AV
+            | ibv_qp_attr_mask.IBV_QP_PKEY_INDEX | ibv_qp_attr_mask.IBV_QP_PORT | ibv_qp_attr_mask.IBV_QP_TIMEOUT | ibv_qp_attr_mask.IBV_QP_RETRY_CNT
+            | ibv_qp_attr_mask.IBV_QP_RNR_RETRY | ibv_qp_attr_mask.IBV_QP_MIN_RNR_TIMER | ibv_qp_attr_mask.IBV_QP_MAX_QP_RD_ATOMIC
+            | ibv_qp_attr_mask.IBV_QP_MAX_DEST_RD_ATOMIC | ibv_qp_attr_mask.IBV_QP_ACCESS_FLAGS | ibv_qp_attr_mask.IBV_QP_DEST_QPN
+            | ibv_qp_attr_mask.IBV_QP_SQ_PSN | ibv_qp_attr_mask.IBV_QP_RQ_PSN | ibv_qp_attr_mask.IBV_QP_QKEY;
+        var a = QueryNative(All);
+        return new QueuePairAttributes
+        {
+            State = (QueuePairState)a.qp_state,
+            PathMtu = (Mtu)a.path_mtu,
+            ServiceLevel = a.ah_attr.sl,
+            TrafficClass = a.ah_attr.grh.traffic_class,
+            FlowLabel = a.ah_attr.grh.flow_label,
+            HopLimit = a.ah_attr.grh.hop_limit,
+            PartitionKeyIndex = a.pkey_index,
+            Port = a.port_num,
+            GidIndex = a.ah_attr.grh.sgid_index,
+            Timeout = a.timeout,
+            RetryCount = a.retry_cnt,
+            RnrRetry = a.rnr_retry,
+            MinRnrTimer = a.min_rnr_timer,
+            MaxRdAtomic = a.max_rd_atomic,
+            MaxDestRdAtomic = a.max_dest_rd_atomic,
+            Access = (AccessFlags)a.qp_access_flags,
+            DestinationQueuePairNumber = a.dest_qp_num,
+            SendPacketSequenceNumber = a.sq_psn,
+            ReceivePacketSequenceNumber = a.rq_psn,
+            QKey = a.qkey,
+        };
+    }
+
+    struct QpQuery
+    {
+        public ibv_qp_attr_mask Mask;
+        public ibv_qp_attr Attr;
+        public ibv_qp_init_attr Init;
+    }
+
+    ibv_qp_attr QueryNative(ibv_qp_attr_mask mask)
+    {
+        var q = new QpQuery { Mask = mask };
+        NativeCalls.Call(Handle, (nint)(&q), static (qp, a) =>
+            {
+                var q = (QpQuery*)a;
+                return libibverbs.ibv_query_qp((ibv_qp*)qp, &q->Attr, (int)q->Mask, &q->Init);
+            }, "ibv_query_qp", this);
+        return q.Attr;
     }
 
     static void WriteGid(IPAddress gid, ref ibv_gid dgid)
@@ -306,15 +383,10 @@ public sealed unsafe partial class QueuePair : VerbsObject
 
     void Modify(ref ibv_qp_attr attr, ibv_qp_attr_mask mask, string transition)
     {
-        using var qpRef = Handle.Enter();
-        nint qp = qpRef.Pointer;
-        fixed (ibv_qp_attr* a = &attr)
-        {
-            int rc = libibverbs.ibv_modify_qp((ibv_qp*)qp, a, (int)mask);
-            if (rc != 0)
-                throw new VerbsException("ibv_modify_qp", $"{this} ({transition})", rc,
-                    rc == Errno.EINVAL ? "An attribute is out of range for this device or the QP is not in the expected state." : null);
-        }
+        var m = new QpQuery { Mask = mask, Attr = attr };
+        NativeCalls.Call(Handle, (nint)(&m), static (qp, a) => libibverbs.ibv_modify_qp((ibv_qp*)qp, &((QpQuery*)a)->Attr, (int)((QpQuery*)a)->Mask),
+            "ibv_modify_qp", $"{this} ({transition})",
+            rc => rc == Errno.EINVAL ? "An attribute is out of range for this device or the QP is not in the expected state." : null);
     }
 
     /// <inheritdoc/>

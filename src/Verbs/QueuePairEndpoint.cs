@@ -87,7 +87,20 @@ public sealed record ConnectOptions
     public byte MinRnrTimer { get; init; } = 1;
     /// <summary>
     /// Operations the peer may direct at this QP (RDMA WRITE/READ, atomics, FLUSH need it here as well as on the
-    /// region). Default: write, read, atomics, and the FLUSH types the device supports.
+    /// region): <see cref="AccessFlags.RemoteWrite"/>, <see cref="AccessFlags.RemoteRead"/>, <see cref="AccessFlags.RemoteAtomic"/>,
+    /// <see cref="AccessFlags.FlushGlobal"/>, <see cref="AccessFlags.FlushPersistent"/>. Default <see cref="AccessFlags.None"/>:
+    /// least privilege, a peer can only SEND to the QP until it is granted more, here or later with
+    /// <see cref="QueuePair.ChangeRemoteAccess"/>.
     /// </summary>
-    public AccessFlags? RemoteAccess { get; init; }
+    public AccessFlags RemoteAccess { get; init; }
+    /// <summary>Service level (0..15) of the path.</summary>
+    public byte ServiceLevel { get; init; }
+    /// <summary>Traffic class of the GRH (RoCE: the IP header's DSCP and ECN bits).</summary>
+    public byte TrafficClass { get; init; }
+    /// <summary>Flow label of the GRH (20 bits; 0: none).</summary>
+    public uint FlowLabel { get; init; }
+    /// <summary>Hop limit of the GRH (RoCE: the IP TTL).</summary>
+    public byte HopLimit { get; init; } = 64;
+    /// <summary>Index of the P_Key in the port's table.</summary>
+    public ushort PartitionKeyIndex { get; init; }
 }

@@ -29,8 +29,8 @@ var qpOptions = new QueuePairOptions { SendCompletionQueue = cq, ReceiveCompleti
 using var writer = pd.CreateQueuePair(qpOptions);
 using var target = pd.CreateQueuePair(qpOptions);
 int gid = device.FindGidIndex(IPAddress.Loopback);
-writer.Connect(target.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
-target.Connect(writer.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+writer.Connect(target.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead });
+target.Connect(writer.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead });
 using var page = pd.AllocateBuffer(4096, Access);
 Random.Shared.NextBytes(page.Span);
 writer.PostWrite(7, page.All, region.ToRemote());

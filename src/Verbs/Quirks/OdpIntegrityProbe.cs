@@ -172,7 +172,7 @@ internal static unsafe class OdpIntegrityProbe
             var options = new QueuePairOptions { SendCompletionQueue = _cq, ReceiveCompletionQueue = _cq, MaxSendRequests = 64, MaxReceiveRequests = 16, WithoutOdpQuirk = true };
             _a = _pd.CreateQueuePair(options);
             _b = _pd.CreateQueuePair(options);
-            var connect = new ConnectOptions { GidIndex = _gidIndex, Port = _port, PathMtu = _mtu, RnrRetry = 7 };
+            var connect = new ConnectOptions { GidIndex = _gidIndex, Port = _port, PathMtu = _mtu, RnrRetry = 7, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead };
             _a.Connect(_b.LocalEndpoint(_gidIndex, _port), connect);
             _b.Connect(_a.LocalEndpoint(_gidIndex, _port), connect);
         }

@@ -110,7 +110,7 @@ public class OdpQuirkGuestTests
         var a = pd.CreateQueuePair(options);
         var b = pd.CreateQueuePair(options);
         int gid = device.FindGidIndex(address);
-        var connect = new ConnectOptions { GidIndex = gid, PathMtu = mtu };
+        var connect = new ConnectOptions { GidIndex = gid, PathMtu = mtu, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic };
         a.Connect(b.LocalEndpoint(gid), connect);
         b.Connect(a.LocalEndpoint(gid), connect);
         return (a, cq);

@@ -68,8 +68,8 @@ public sealed class LeaseStressGuestTests
                 using var cqB = pair.DeviceB.CreateCompletionQueue(64);
                 using var peer = pair.PdA.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = cqA, ReceiveCompletionQueue = cqA });
                 using var local = pair.PdB.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = cqB, ReceiveCompletionQueue = cqB });
-                peer.Connect(local.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096 });
-                local.Connect(peer.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096 });
+                peer.Connect(local.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
+                local.Connect(peer.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
 
                 var writes = new List<Write>();
                 var unexpected = new List<Exception>();

@@ -108,8 +108,8 @@ internal static class LeasedRdma
         var endB = b.LocalEndpoint(gid);
         // The default ACK timeout (67 ms, 7 retries): the first write into a freshly registered ODP region faults
         // its pages in, which under TCG has taken longer than a 4 ms timeout allows (RetryExceeded).
-        a.Connect(endB, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096 });
-        b.Connect(endA, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096 });
+        a.Connect(endB, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RemoteAccess = RdmaLease.Tests.Verbs.RcPair.AllRemoteOperations(a.ProtectionDomain.Device) });
+        b.Connect(endA, new ConnectOptions { GidIndex = gid, PathMtu = Mtu.Mtu4096, RemoteAccess = RdmaLease.Tests.Verbs.RcPair.AllRemoteOperations(a.ProtectionDomain.Device) });
         return (a, b, cqA);
     }
 

@@ -358,8 +358,8 @@ sealed class CqRig : IDisposable
         A = pd.CreateQueuePair(qpOptions);
         B = pd.CreateQueuePair(qpOptions);
         int gid = Device.FindGidIndex(IPAddress.Loopback);
-        A.Connect(B.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
-        B.Connect(A.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+        A.Connect(B.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
+        B.Connect(A.LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
         const AccessFlags All = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic;
         Local = pd.AllocateBuffer(16384, All);
         Remote = pd.AllocateBuffer(16384, All);

@@ -548,8 +548,8 @@ sealed unsafe class WindowRig : IDisposable
     {
         var peer = PeerPd.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = PeerCq, ReceiveCompletionQueue = PeerCq });
         var target = TargetPd.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = TargetCq, ReceiveCompletionQueue = TargetCq });
-        peer.Connect(target.LocalEndpoint(_targetGid), new ConnectOptions { GidIndex = _peerGid });
-        target.Connect(peer.LocalEndpoint(_peerGid), new ConnectOptions { GidIndex = _targetGid });
+        peer.Connect(target.LocalEndpoint(_targetGid), new ConnectOptions { GidIndex = _peerGid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
+        target.Connect(peer.LocalEndpoint(_peerGid), new ConnectOptions { GidIndex = _targetGid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
         return (peer, target);
     }
 

@@ -67,8 +67,8 @@ public class MoreVerbsTests
         };
         for (int i = 0; i < 2; i++)
         {
-            senders[i].Connect(receivers[i].LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
-            receivers[i].Connect(senders[i].LocalEndpoint(gid), new ConnectOptions { GidIndex = gid });
+            senders[i].Connect(receivers[i].LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
+            receivers[i].Connect(senders[i].LocalEndpoint(gid), new ConnectOptions { GidIndex = gid, RemoteAccess = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic });
         }
         Patterns.Fill(send.Span[..1000], 1);
         Patterns.Fill(send.Span.Slice(1000, 1000), 2);

@@ -34,9 +34,15 @@ sealed class RcPair : IDisposable
         int gidA = DeviceA.FindGidIndex(addressA), gidB = DeviceB.FindGidIndex(addressB);
         var endA = A.LocalEndpoint(gidA);
         var endB = B.LocalEndpoint(gidB);
-        A.Connect(endB, new ConnectOptions { GidIndex = gidA, PathMtu = mtu, RnrRetry = rnrRetry });
-        B.Connect(endA, new ConnectOptions { GidIndex = gidB, PathMtu = mtu, RnrRetry = rnrRetry });
+        A.Connect(endB, new ConnectOptions { GidIndex = gidA, PathMtu = mtu, RnrRetry = rnrRetry, RemoteAccess = AllRemoteOperations(DeviceA) });
+        B.Connect(endA, new ConnectOptions { GidIndex = gidB, PathMtu = mtu, RnrRetry = rnrRetry, RemoteAccess = AllRemoteOperations(DeviceB) });
     }
+
+    /// <summary>Every operation a peer may direct at a QP on <paramref name="device"/> (QPs grant none by default).</summary>
+    public static AccessFlags AllRemoteOperations(Device device) =>
+        AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic
+        | (device.Attributes.FlushGlobal ? AccessFlags.FlushGlobal : 0)
+        | (device.Attributes.FlushPersistent ? AccessFlags.FlushPersistent : 0);
 
     /// <summary>Loopback on rxelo (127.0.0.1).</summary>
     public static RcPair Loopback(Mtu? mtu = null, bool events = false, byte rnrRetry = 7) =>
