@@ -106,11 +106,12 @@ public sealed record DeviceAttributes
 /// <param name="Lid">Local identifier (0 on RoCE).</param>
 /// <param name="LinkLayer">InfiniBand or Ethernet (RoCE).</param>
 /// <param name="MaxMessageSize">Largest message in bytes.</param>
+/// <param name="PartitionKeyTableLength">Entries in the P_Key table (<see cref="ConnectOptions.PartitionKeyIndex"/> is below it).</param>
 public readonly record struct PortAttributes(byte Port, PortState State, Mtu MaxMtu, Mtu ActiveMtu, int GidTableLength,
-    ushort Lid, LinkLayer LinkLayer, uint MaxMessageSize)
+    ushort Lid, LinkLayer LinkLayer, uint MaxMessageSize, ushort PartitionKeyTableLength)
 {
     internal static PortAttributes From(byte port, in ibv_port_attr a) => new(port, (PortState)a.state, (Mtu)a.max_mtu,
-        (Mtu)a.active_mtu, a.gid_tbl_len, a.lid, (LinkLayer)a.link_layer, a.max_msg_sz);
+        (Mtu)a.active_mtu, a.gid_tbl_len, a.lid, (LinkLayer)a.link_layer, a.max_msg_sz, a.pkey_tbl_len);
 }
 
 /// <summary>One GID table entry (ibv_gid_entry).</summary>

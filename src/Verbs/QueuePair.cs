@@ -211,7 +211,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         Mtu mtu = options.PathMtu ?? port.ActiveMtu;
         if (mtu > port.ActiveMtu)
             throw new ArgumentOutOfRangeException(nameof(options), mtu, $"path MTU {mtu.Bytes()} exceeds port {options.Port}'s active MTU {port.ActiveMtu.Bytes()}");
-        CheckPath(options);
+        CheckPath(options, port);
         var odp = OdpRuleAt(mtu);   // before any transition: in OdpQuirkMode.Probe, a new MTU runs the probe here
 
         var attr = new ibv_qp_attr
@@ -262,8 +262,12 @@ public sealed unsafe partial class QueuePair : VerbsObject
     const AccessFlags RemoteOperations = AccessFlags.RemoteWrite | AccessFlags.RemoteRead | AccessFlags.RemoteAtomic
         | AccessFlags.FlushGlobal | AccessFlags.FlushPersistent;
 
-    static void CheckPath(ConnectOptions options)
+    static void CheckPath(ConnectOptions options, PortAttributes port)
     {
+        // rxe accepts any P_Key index at RESET->INIT (kernel 7.3): checked here, against the port's table.
+        if (options.PartitionKeyIndex >= port.PartitionKeyTableLength)
+            throw new ArgumentOutOfRangeException(nameof(options), options.PartitionKeyIndex,
+                $"ConnectOptions.PartitionKeyIndex: port {port.Port} has {port.PartitionKeyTableLength} P_Key table entries");
         if ((options.RemoteAccess & ~RemoteOperations) != 0)
             throw new ArgumentException($"ConnectOptions.RemoteAccess {options.RemoteAccess}: a QP grants only {RemoteOperations} (local access is the region's).", nameof(options));
         if (options.ServiceLevel > 15)

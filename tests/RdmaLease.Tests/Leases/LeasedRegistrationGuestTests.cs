@@ -48,7 +48,7 @@ public unsafe class LeasedRegistrationGuestTests
             Assert.That(mr.IsOnDemand, Is.True, "rxe has RC ODP write/read: the region is ODP on every filesystem");
             Assert.That(mr.Access & AccessFlags.OnDemand, Is.EqualTo(AccessFlags.OnDemand));
             Assert.That(mr.IsActive, Is.True);
-            Assert.That(mr.Length, Is.EqualTo((nuint)Size));
+            Assert.That(mr.Length, Is.EqualTo((ulong)Size));
             Assert.That(KernelView.MappingAt((nint)mr.Region.Address), Does.EndWith(" " + file.Path), "the region is over a mapping of the file");
         });
 
@@ -436,11 +436,11 @@ public unsafe class LeasedRegistrationGuestTests
         using var file = OpenFile(dir.File("f"), mount, 16 * Block);
         using var device = Device.Open("rxelo");
         using var pd = device.AllocateProtectionDomain();
-        var refused = Assert.Throws<ArgumentException>(() => pd.Register(file.BaseAddress, (nuint)file.Length, RemoteWritable));
+        var refused = Assert.Throws<ArgumentException>(() => pd.Register(file.BaseAddress, (ulong)file.Length, RemoteWritable));
         Assert.That(refused!.Message, Does.Contain("leased file").And.Contain("pd.Register(lease.Range"), "a leased file's mapping is registered through its lease");
         VerbsException? e;
         using (var raw = new RawFileMapping(file.Path, file.Length))   // the kernel's own answer, outside rdma-lease
-            e = Assert.Throws<VerbsException>(() => pd.Register(raw.Address, (nuint)raw.Length, RemoteWritable));
+            e = Assert.Throws<VerbsException>(() => pd.Register(raw.Address, (ulong)raw.Length, RemoteWritable));
         Assert.Multiple(() =>
         {
             Assert.That(e!.Errno, Is.EqualTo(95), "EOPNOTSUPP");
