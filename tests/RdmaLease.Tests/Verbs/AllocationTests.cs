@@ -28,7 +28,7 @@ public class AllocationTests
     {
         using var rig = new BatchRig();
         var remote = rig.Remote.ToRemote();
-        ReadOnlySpan<byte> note = "batched inline note"u8;
+        byte[] note = "batched inline note"u8.ToArray();
         Span<WorkCompletion> wc = stackalloc WorkCompletion[8];
 
         void Cycle(ulong id, Span<WorkCompletion> completions)
