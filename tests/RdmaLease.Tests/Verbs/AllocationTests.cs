@@ -29,10 +29,11 @@ public class AllocationTests
         using var rig = new BatchRig();
         var remote = rig.Remote.ToRemote();
         byte[] note = "batched inline note"u8.ToArray();
-        Span<WorkCompletion> wc = stackalloc WorkCompletion[8];
+        var wc = new WorkCompletion[8];
 
-        void Cycle(ulong id, Span<WorkCompletion> completions)
+        void Cycle(ulong id)
         {
+            Span<WorkCompletion> completions = wc;
             rig.B.PostReceive(2 * id, rig.Remote.Slice(30000, 8));                                          // taken by the WRITE's immediate
             rig.B.PostReceive(2 * id + 1, [rig.Remote.Slice(30100, 8), rig.Remote.Slice(30200, 32)]);       // the inline SEND, scattered
             var batch = rig.A.StartPost();
@@ -59,35 +60,35 @@ public class AllocationTests
             }
         }
 
-        for (ulong i = 0; i < 500; i++)   // warm up: JIT tiers, first-touch paths
-            Cycle(i, wc);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        const int Cycles = 5_000;
-        for (ulong i = 0; i < Cycles; i++)
-            Cycle(i, wc);
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.That(allocated, Is.Zero, $"{allocated} bytes allocated over {Cycles} cycles of a 4-request batch and 2 receives");
+        AssertCyclesAllocateNothing(Cycle, 500, 5_000, "cycles of a 4-request batch and 2 receives");
     }
 
     static void AssertPostAndPollAllocateNothing(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, string what)
     {
-        Span<WorkCompletion> wc = stackalloc WorkCompletion[8];
+        var wc = new WorkCompletion[8];
 
-        void Cycle(ulong id, Span<WorkCompletion> completions)
+        void Cycle(ulong id)
         {
+            Span<WorkCompletion> completions = wc;
             qp.PostWrite(id, source, target, id % 64 * 8);
             while (cq.Poll(completions) == 0) { }
             if (!completions[0].IsSuccess)
                 completions[0].ThrowIfFailed();
         }
 
-        for (ulong i = 0; i < 2_000; i++)   // warm up: JIT tiers, first-touch paths
-            Cycle(i, wc);
+        AssertCyclesAllocateNothing(Cycle, 2_000, 100_000, "post+poll cycles" + what);
+    }
+
+    /// <summary>Runs <paramref name="cycle"/> <paramref name="warmUp"/> times (JIT tiers, first-touch paths), then asserts
+    /// <paramref name="cycles"/> more allocate nothing on this thread.</summary>
+    static void AssertCyclesAllocateNothing(Action<ulong> cycle, int warmUp, int cycles, string what)
+    {
+        for (ulong i = 0; i < (ulong)warmUp; i++)
+            cycle(i);
         long before = GC.GetAllocatedBytesForCurrentThread();
-        const int Cycles = 100_000;
-        for (ulong i = 0; i < Cycles; i++)
-            Cycle(i, wc);
+        for (ulong i = 0; i < (ulong)cycles; i++)
+            cycle(i);
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.That(allocated, Is.Zero, $"{allocated} bytes allocated over {Cycles} post+poll cycles{what}");
+        Assert.That(allocated, Is.Zero, $"{allocated} bytes allocated over {cycles} {what}");
     }
 }
