@@ -115,6 +115,21 @@ static unsafe partial class InteropCost
             long batches = Math.Max(iterations / 20, 10);
             if (report) Report("poll-8-ready CompletionQueue.Poll, per completion", batches * 8, PollReady(a, cq, source, target, wc, batches));
             if (report) Report("poll-8-ready CompletionQueue.Poll, extended CQ, per completion", batches * 8, PollReady(ax, cqx, source, target, wc, batches));
+            if (report) Report("post-8-writes QueuePair.PostWrite x8 (8 ibv_post_send), per request", batches * 8, PostEight(a, cq, source, target, wc, batches, batched: false));
+            if (report) Report("post-8-writes SendBatch of 8 (StartPost, 8 Write, one ibv_post_send), per request", batches * 8, PostEight(a, cq, source, target, wc, batches, batched: true));
+
+            t = Stopwatch.GetTimestamp();
+            for (long i = 0; i < iterations; i++)
+            {
+                var batch = a.StartPost();
+                batch.Write((ulong)i, source, target, 4096);
+                batch.Post();
+                int n;
+                while ((n = cq.Poll(wc)) == 0) { }
+                if (n != 1 || !wc[0].IsSuccess)
+                    throw new InvalidOperationException(wc[0].ToString());
+            }
+            if (report) Report("write-roundtrip SendBatch of 1 (StartPost, Write, Post) + Poll (safe layer)", iterations, Stopwatch.GetTimestamp() - t);
 
             foreach (var (length, cycles, size) in new[] { (65536, batches, "64 KiB"), (16 << 20, Math.Max(batches / 20, 5), "16 MiB") })
             {
@@ -226,6 +241,43 @@ static unsafe partial class InteropCost
                 n += cq.Poll(wc.AsSpan(n));   // not ready after all: drain, and count this batch as it is
             if (n != 8 || !wc[7].IsSuccess)
                 throw new InvalidOperationException(wc[7].ToString());
+        }
+        return ticks;
+    }
+
+    /// <summary>
+    /// Ticks spent posting 8 eight-byte writes, as 8 PostWrite calls or as one SendBatch, over <paramref name="batches"/>
+    /// rounds (draining the completions afterwards is not counted).
+    /// </summary>
+    static long PostEight(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, WorkCompletion[] wc, long batches, bool batched)
+    {
+        long ticks = 0;
+        for (long k = 0; k < batches; k++)
+        {
+            long t = Stopwatch.GetTimestamp();
+            if (batched)
+            {
+                var batch = qp.StartPost();
+                for (int j = 0; j < 8; j++)
+                    batch.Write((ulong)j, source, target, 4096);
+                batch.Post();
+            }
+            else
+            {
+                for (int j = 0; j < 8; j++)
+                    qp.PostWrite((ulong)j, source, target, 4096);
+            }
+            ticks += Stopwatch.GetTimestamp() - t;
+            for (int n = 0; n < 8;)
+            {
+                int got = cq.Poll(wc.AsSpan(0, 8 - n));
+                for (int i = 0; i < got; i++)
+                {
+                    if (!wc[i].IsSuccess)
+                        throw new InvalidOperationException(wc[i].ToString());
+                }
+                n += got;
+            }
         }
         return ticks;
     }

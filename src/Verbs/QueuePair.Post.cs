@@ -9,63 +9,25 @@ public sealed unsafe partial class QueuePair
     /// <exception cref="NotSupportedException"><paramref name="data"/> lies in an On-Demand-Paging region on a device whose
     /// <see cref="Device.OdpQuirk"/> allows less at this QP's path MTU, or not at that address (a message cannot be split;
     /// see docs/known-defects.md).</exception>
-    public void PostSend(ulong workRequestId, LocalSegment data, SendFlags flags = SendFlags.Signaled, uint? immediate = null)
-    {
-        _odp?.CheckMessage("SEND", data);
-        var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
-        var wr = new ibv_send_wr
-        {
-            wr_id = workRequestId,
-            sg_list = &sge,
-            num_sge = data.Length == 0 ? 0 : 1,
-            opcode = immediate.HasValue ? ibv_wr_opcode.IBV_WR_SEND_WITH_IMM : ibv_wr_opcode.IBV_WR_SEND,
-            send_flags = (uint)flags,
-        };
-        if (immediate.HasValue)
-            wr.imm_data = System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(immediate.Value);
-        Post(&wr, data.Region);
-    }
+    /// <exception cref="InvalidOperationException">The QP is UD (use the overload with an <see cref="AddressHandle"/>).</exception>
+    public void PostSend(ulong workRequestId, LocalSegment data, SendFlags flags = SendFlags.Signaled, uint? immediate = null) =>
+        PostOne(MakeSend(workRequestId, new(in data), flags, immediate.HasValue ? ibv_wr_opcode.IBV_WR_SEND_WITH_IMM : ibv_wr_opcode.IBV_WR_SEND,
+            immediate ?? 0), new(in data));
 
     /// <summary>Posts an inline SEND: the bytes are copied into the request, no region needed.</summary>
-    public void PostSendInline(ulong workRequestId, ReadOnlySpan<byte> data, SendFlags flags = SendFlags.Signaled)
-    {
-        fixed (byte* p = data)
-        {
-            var sge = new ibv_sge { addr = (ulong)p, length = (uint)data.Length, lkey = 0 };
-            var wr = new ibv_send_wr
-            {
-                wr_id = workRequestId,
-                sg_list = &sge,
-                num_sge = 1,
-                opcode = ibv_wr_opcode.IBV_WR_SEND,
-                send_flags = (uint)(flags | SendFlags.Inline),
-            };
-            Post(&wr, null);
-        }
-    }
+    /// <exception cref="ArgumentException">More bytes than the QP's <see cref="QueuePairOptions.MaxInlineData"/>.</exception>
+    public void PostSendInline(ulong workRequestId, ReadOnlySpan<byte> data, SendFlags flags = SendFlags.Signaled) =>
+        PostOne(MakeInline(workRequestId, data.Length, flags, null), default, data);
 
     /// <summary>Posts a UD SEND to <paramref name="remoteQpn"/> through <paramref name="address"/>.</summary>
     /// <exception cref="NotSupportedException">As for the RC <see cref="PostSend(ulong, LocalSegment, SendFlags, uint?)"/>.</exception>
-    public void PostSend(ulong workRequestId, LocalSegment data, AddressHandle address, uint remoteQpn, uint remoteQkey, SendFlags flags = SendFlags.Signaled)
-    {
-        ArgumentNullException.ThrowIfNull(address);
-        _odp?.CheckMessage("SEND", data);
-        var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
-        using var ahRef = address.HandleForChildren.Enter();
-        nint ah = ahRef.Pointer;
-        var wr = new ibv_send_wr
-        {
-            wr_id = workRequestId,
-            sg_list = &sge,
-            num_sge = 1,
-            opcode = ibv_wr_opcode.IBV_WR_SEND,
-            send_flags = (uint)flags,
-        };
-        wr.wr.ud.ah = (ibv_ah*)ah;
-        wr.wr.ud.remote_qpn = remoteQpn;
-        wr.wr.ud.remote_qkey = remoteQkey;
-        Post(&wr, data.Region);
-    }
+    /// <exception cref="InvalidOperationException">The QP is not UD.</exception>
+    public void PostSend(ulong workRequestId, LocalSegment data, AddressHandle address, uint remoteQpn, uint remoteQkey, SendFlags flags = SendFlags.Signaled) =>
+        PostOne(MakeSendTo(workRequestId, new(in data), address, remoteQpn, remoteQkey, flags, null), new(in data));
+
+    /// <summary>One request through the common body (QueuePair.SendWork.cs): the one-request fast path builds no batch.</summary>
+    void PostOne(SendWork work, ReadOnlySpan<LocalSegment> segments, ReadOnlySpan<byte> inlineBytes = default) =>
+        PostSendWork(new(in work), segments, inlineBytes);
 
     /// <summary>Posts an RDMA WRITE of <paramref name="source"/> to <paramref name="target"/> at <paramref name="targetOffset"/>.</summary>
     /// <remarks>
@@ -84,36 +46,15 @@ public sealed unsafe partial class QueuePair
     /// split can move correctly; see docs/known-defects.md).</exception>
     public void PostWrite(ulong workRequestId, LocalSegment source, RemoteRegion target, ulong targetOffset = 0,
         SendFlags flags = SendFlags.Signaled, uint? immediate = null)
-    {
-        target.CheckRange(targetOffset, source.Length);
-        PostTransfer(workRequestId, immediate.HasValue ? ibv_wr_opcode.IBV_WR_RDMA_WRITE_WITH_IMM : ibv_wr_opcode.IBV_WR_RDMA_WRITE,
-            flags, immediate ?? 0, source, target.Address + targetOffset, target.RemoteKey, target.MaxTransferPerRequest);
-    }
+        => PostOne(MakeTransfer(workRequestId, new(in source), target, targetOffset, flags, read: false, immediate), new(in source));
 
     /// <summary>Posts an RDMA READ of <paramref name="destination"/>.Length bytes from <paramref name="source"/> at <paramref name="sourceOffset"/>.</summary>
     /// <remarks>Split like <see cref="PostWrite"/> when <paramref name="destination"/> is an ODP region on a device with an
     /// ODP quirk or <paramref name="source"/> advertises a limit.</remarks>
     /// <exception cref="ArgumentOutOfRangeException">As for <see cref="PostWrite"/>.</exception>
     /// <exception cref="NotSupportedException">As for <see cref="PostWrite"/>.</exception>
-    public void PostRead(ulong workRequestId, LocalSegment destination, RemoteRegion source, ulong sourceOffset = 0, SendFlags flags = SendFlags.Signaled)
-    {
-        source.CheckRange(sourceOffset, destination.Length);
-        PostTransfer(workRequestId, ibv_wr_opcode.IBV_WR_RDMA_READ, flags, 0, destination, source.Address + sourceOffset,
-            source.RemoteKey, source.MaxTransferPerRequest);
-    }
-
-    void PostTransfer(ulong workRequestId, ibv_wr_opcode opcode, SendFlags flags, uint immediate, LocalSegment local,
-        ulong remoteAddress, uint remoteKey, uint remoteLimit)
-    {
-        uint limit = TransferLimit(opcode, local, remoteLimit);
-        int n = TransferSplit.Count(local.Length, limit);
-        if (n > 1 && !TransferSplit.Fits(n, _maxSendRequests))
-            throw TransferSplit.TooMany(n, _maxSendRequests, $"{this}: this transfer of {local.Length} bytes");
-        ibv_send_wr* wrs = stackalloc ibv_send_wr[n];
-        ibv_sge* sges = stackalloc ibv_sge[n];
-        FillPieces(wrs, sges, n, limit, workRequestId, opcode, flags, immediate, local, remoteAddress, remoteKey);
-        Post(wrs, local.Region);
-    }
+    public void PostRead(ulong workRequestId, LocalSegment destination, RemoteRegion source, ulong sourceOffset = 0, SendFlags flags = SendFlags.Signaled) =>
+        PostOne(MakeTransfer(workRequestId, new(in destination), source, sourceOffset, flags, read: true, null), new(in destination));
 
     /// <summary>
     /// The largest transfer one work request may move for <paramref name="local"/>: the remote region's limit, and the
@@ -159,34 +100,11 @@ public sealed unsafe partial class QueuePair
     /// the original value lands in <paramref name="result"/> (8 bytes, 8-aligned remote address).
     /// </summary>
     public void PostCompareSwap(ulong workRequestId, LocalSegment result, RemoteRegion target, ulong targetOffset, ulong compare, ulong swap, SendFlags flags = SendFlags.Signaled) =>
-        PostAtomic(workRequestId, result, target, targetOffset, ibv_wr_opcode.IBV_WR_ATOMIC_CMP_AND_SWP, compare, swap, flags);
+        PostOne(MakeAtomic(workRequestId, result, target, targetOffset, compareSwap: true, compare, swap, flags), new(in result));
 
     /// <summary>Posts an 8-byte fetch-and-add; the original value lands in <paramref name="result"/>.</summary>
     public void PostFetchAdd(ulong workRequestId, LocalSegment result, RemoteRegion target, ulong targetOffset, ulong add, SendFlags flags = SendFlags.Signaled) =>
-        PostAtomic(workRequestId, result, target, targetOffset, ibv_wr_opcode.IBV_WR_ATOMIC_FETCH_AND_ADD, add, 0, flags);
-
-    void PostAtomic(ulong workRequestId, LocalSegment result, RemoteRegion target, ulong targetOffset, ibv_wr_opcode opcode, ulong compareAdd, ulong swap, SendFlags flags)
-    {
-        if (result.Length != 8)
-            throw new ArgumentException($"an atomic's result segment is 8 bytes, not {result.Length}", nameof(result));
-        target.CheckRange(targetOffset, 8);
-        if (((target.Address + targetOffset) & 7) != 0)
-            throw new ArgumentException($"atomics need an 8-byte aligned remote address (0x{target.Address + targetOffset:x})", nameof(targetOffset));
-        var sge = new ibv_sge { addr = result.Address, length = 8, lkey = result.Region.LocalKey };
-        var wr = new ibv_send_wr
-        {
-            wr_id = workRequestId,
-            sg_list = &sge,
-            num_sge = 1,
-            opcode = opcode,
-            send_flags = (uint)flags,
-        };
-        wr.wr.atomic.remote_addr = target.Address + targetOffset;
-        wr.wr.atomic.rkey = target.RemoteKey;
-        wr.wr.atomic.compare_add = compareAdd;
-        wr.wr.atomic.swap = swap;
-        Post(&wr, result.Region);
-    }
+        PostOne(MakeAtomic(workRequestId, result, target, targetOffset, compareSwap: false, add, 0, flags), new(in result));
 
     /// <summary>Posts an 8-byte ATOMIC WRITE of <paramref name="value"/> (extended API; 8-aligned target).</summary>
     public void PostAtomicWrite(ulong workRequestId, RemoteRegion target, ulong targetOffset, ulong value, SendFlags flags = SendFlags.Signaled)
@@ -231,144 +149,17 @@ public sealed unsafe partial class QueuePair
     /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device whose
     /// <see cref="Device.OdpQuirk"/> allows less at this QP's path MTU (one packet, below a page-sized MTU on rxe), or not at
     /// that address: a message arriving there could be misplaced (see docs/known-defects.md).</exception>
-    public void PostReceive(ulong workRequestId, LocalSegment buffer)
+    public void PostReceive(ulong workRequestId, LocalSegment buffer) => PostReceive(workRequestId, new ReadOnlySpan<LocalSegment>(in buffer));
+
+    /// <summary>Posts a receive that scatters an incoming message over <paramref name="scatter"/>, in order.</summary>
+    /// <exception cref="ArgumentException">More segments than the QP's <see cref="QueuePairOptions.MaxReceiveScatterGather"/>
+    /// (or than 32).</exception>
+    /// <exception cref="InvalidOperationException">The QP takes its receives from a shared receive queue.</exception>
+    /// <exception cref="NotSupportedException">A segment is refused by the device's ODP quirk, as for one buffer.</exception>
+    public void PostReceive(ulong workRequestId, ReadOnlySpan<LocalSegment> scatter)
     {
-        _odp?.CheckMessage("receive", buffer);
-        var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
-        var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
-        using var mr = buffer.Region.EnterForPost();
-        using var qp = Handle.Enter();
-        ibv_recv_wr* bad;
-        int rc = RdmaLeaseNative.PostRecv((ibv_qp*)qp.Pointer, &wr, &bad);
-        if (rc != 0)
-            throw new VerbsException("ibv_post_recv", ToString(), rc, PostHint(rc));
+        if (_postLimits.HasSharedReceiveQueue)
+            throw new InvalidOperationException($"{this} takes its receives from a shared receive queue: post them to the SharedReceiveQueue.");
+        ReceiveWork.Post(this, _odp, _postLimits.MaxReceiveSegments, workRequestId, scatter);
     }
-
-    /// <summary>
-    /// Posts a list of send requests in one call (one P/Invoke transition for all of them).
-    /// </summary>
-    /// <returns>The number posted; all of them unless the provider refused one, which then throws.</returns>
-    public void PostSend(ReadOnlySpan<SendRequest> requests)
-    {
-        if (requests.IsEmpty)
-            return;
-        if (requests.Length > RequestList.Capacity)
-            throw new ArgumentOutOfRangeException(nameof(requests), requests.Length, $"post at most {RequestList.Capacity} requests per list");
-        // One read of the caller's memory: the regions whose references are taken, the work requests built and the
-        // references given back must be the same even if another thread rewrites the caller's array meanwhile.
-        var copy = new RequestList();
-        requests.CopyTo(copy);
-        PostSendList(((ReadOnlySpan<SendRequest>)copy)[..requests.Length]);
-    }
-
-    /// <summary>Room for the largest post list, on the stack.</summary>
-    [System.Runtime.CompilerServices.InlineArray(Capacity)]
-    struct RequestList
-    {
-        public const int Capacity = 64;
-        SendRequest _first;
-    }
-
-    void PostSendList(ReadOnlySpan<SendRequest> requests)
-    {
-        // Writes and reads are split as PostWrite/PostRead split them; SENDs are checked, not split.
-        uint* limits = stackalloc uint[requests.Length];
-        int total = 0;
-        for (int i = 0; i < requests.Length; i++)
-        {
-            ref readonly SendRequest r = ref requests[i];
-            if (r.IsSend)
-            {
-                _odp?.CheckMessage("SEND", r.Local);
-                limits[i] = OdpIntegrityResult.Unlimited;
-            }
-            else
-            {
-                limits[i] = TransferLimit(r.IsRead ? ibv_wr_opcode.IBV_WR_RDMA_READ : ibv_wr_opcode.IBV_WR_RDMA_WRITE, r.Local, r.RemoteLimit);
-            }
-            total += TransferSplit.Count(r.Local.Length, limits[i]);
-            if (total > TransferSplit.MaxPieces)
-                break;
-        }
-        if (total > requests.Length && !TransferSplit.Fits(total, _maxSendRequests))
-            throw TransferSplit.TooMany(total, _maxSendRequests, $"{this}: these {requests.Length} requests");
-        ibv_send_wr* wrs = stackalloc ibv_send_wr[total];
-        ibv_sge* sges = stackalloc ibv_sge[total];
-        using var regions = RegionReferences.Enter(requests);
-        int k = 0;
-        for (int i = 0; i < requests.Length; i++)
-        {
-            ref readonly SendRequest r = ref requests[i];
-            int n = TransferSplit.Count(r.Local.Length, limits[i]);
-            if (n == 1)
-            {
-                sges[k] = new ibv_sge { addr = r.Local.Address, length = r.Local.Length, lkey = r.Local.Region.LocalKey };
-                wrs[k] = r.ToNative(&sges[k]);
-            }
-            else
-            {
-                r.FillPieces(wrs + k, sges + k, n, limits[i]);
-            }
-            k += n;
-            wrs[k - 1].next = k < total ? &wrs[k] : null;
-        }
-        using var qp = Handle.Enter();
-        ibv_send_wr* bad;
-        int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp.Pointer, wrs, &bad);
-        if (rc != 0)
-            throw new VerbsException("ibv_post_send", $"{this} (work request {bad - wrs} of {total} for {requests.Length} requests)", rc, PostHint(rc));
-    }
-
-    /// <summary>
-    /// The post references of every region a list of requests names, taken all at once (rolled back if one is
-    /// revoked or disposed) and given back together: the list form of <see cref="MemoryRegion.EnterForPost"/>.
-    /// Immutable once made, so a <c>using</c> copy gives back exactly what was taken.
-    /// </summary>
-    readonly ref struct RegionReferences
-    {
-        readonly ReadOnlySpan<SendRequest> _requests;
-
-        RegionReferences(ReadOnlySpan<SendRequest> requests) => _requests = requests;
-
-        public static RegionReferences Enter(ReadOnlySpan<SendRequest> requests)
-        {
-            int entered = 0;
-            try
-            {
-                for (; entered < requests.Length; entered++)
-                    requests[entered].Local.Region.EnterForPost();   // the reference is given back by Dispose (or below)
-            }
-            catch
-            {
-                Release(requests[..entered]);
-                throw;
-            }
-            return new RegionReferences(requests);
-        }
-
-        public void Dispose() => Release(_requests);
-
-        static void Release(ReadOnlySpan<SendRequest> requests)
-        {
-            foreach (ref readonly SendRequest r in requests)
-                r.Local.Region.ExitPost();
-        }
-    }
-
-    void Post(ibv_send_wr* wr, MemoryRegion? region)
-    {
-        using var mr = region is null ? default : region.EnterForPost();
-        using var qp = Handle.Enter();
-        ibv_send_wr* bad;
-        int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp.Pointer, wr, &bad);
-        if (rc != 0)
-            throw new VerbsException("ibv_post_send", ToString(), rc, PostHint(rc));
-    }
-
-    static string? PostHint(int errno) => errno switch
-    {
-        Errno.ENOMEM => "The queue is full: poll completions before posting more (or create the QP with more requests).",
-        Errno.EINVAL => "The request is invalid for this QP (state, opcode, or more scatter/gather entries or inline bytes than it was created with).",
-        _ => null,
-    };
 }

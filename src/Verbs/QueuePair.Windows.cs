@@ -67,19 +67,6 @@ public sealed unsafe partial class QueuePair
     /// our access with the message we send it when we are done. The receiver's completion reports the key
     /// (<see cref="WorkCompletion.HasInvalidatedRemoteKey"/>, <see cref="WorkCompletion.InvalidatedRemoteKey"/>).
     /// </summary>
-    public void PostSendWithInvalidate(ulong workRequestId, LocalSegment data, uint remoteKeyToInvalidate, SendFlags flags = SendFlags.Signaled)
-    {
-        _odp?.CheckMessage("SEND", data);
-        var sge = new ibv_sge { addr = data.Address, length = data.Length, lkey = data.Region.LocalKey };
-        var wr = new ibv_send_wr
-        {
-            wr_id = workRequestId,
-            sg_list = &sge,
-            num_sge = data.Length == 0 ? 0 : 1,
-            opcode = ibv_wr_opcode.IBV_WR_SEND_WITH_INV,
-            send_flags = (uint)flags,
-        };
-        wr.invalidate_rkey = remoteKeyToInvalidate;
-        Post(&wr, data.Region);
-    }
+    public void PostSendWithInvalidate(ulong workRequestId, LocalSegment data, uint remoteKeyToInvalidate, SendFlags flags = SendFlags.Signaled) =>
+        PostOne(MakeSend(workRequestId, new(in data), flags, ibv_wr_opcode.IBV_WR_SEND_WITH_INV, remoteKeyToInvalidate), new(in data));
 }

@@ -126,6 +126,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         _qpx = qpx;
         _initialPsn = (uint)Random.Shared.Next(0, 1 << 24);
         _maxSendRequests = options.MaxSendRequests;
+        _postLimits = PostLimits.From(options);
         _odpOff = options.WithoutOdpQuirk;
         _odp = OdpRuleAt(null);
     }

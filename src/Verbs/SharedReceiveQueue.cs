@@ -15,12 +15,14 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
 
     // The device's ODP quirk for the ports' active MTUs (Quirks/OdpQuirk.cs), null when none applies.
     readonly OdpRule? _odp;
+    readonly int _maxSegments;
 
     internal SharedReceiveQueue(ProtectionDomain pd, int maxWorkRequests, int maxScatterGather)
         : base(Create(pd, maxWorkRequests, maxScatterGather), pd)
     {
         ProtectionDomain = pd;
         _odp = pd.Device.OdpQuirk?.RuleForPeers();
+        _maxSegments = maxScatterGather;
     }
 
     static NativeHandle Create(ProtectionDomain pd, int maxWr, int maxSge)
@@ -40,18 +42,13 @@ public sealed unsafe class SharedReceiveQueue : VerbsObject
     /// <exception cref="NotSupportedException"><paramref name="buffer"/> lies in an On-Demand-Paging region on a device whose
     /// <see cref="Device.OdpQuirk"/> allows less (one packet, below a page-sized MTU on rxe) or not at that address (see
     /// docs/known-defects.md). An SRQ is not tied to one QP: the rule is the strictest of the ports' active MTUs when it was created.</exception>
-    public void PostReceive(ulong workRequestId, LocalSegment buffer)
-    {
-        _odp?.CheckMessage("receive", buffer);
-        var sge = new ibv_sge { addr = buffer.Address, length = buffer.Length, lkey = buffer.Region.LocalKey };
-        var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = &sge, num_sge = 1 };
-        using var mr = buffer.Region.EnterForPost();
-        using var srq = Handle.Enter();
-        ibv_recv_wr* bad;
-        int rc = RdmaLeaseNative.PostSrqRecv((ibv_srq*)srq.Pointer, &wr, &bad);
-        if (rc != 0)
-            throw new VerbsException("ibv_post_srq_recv", ToString(), rc);
-    }
+    public void PostReceive(ulong workRequestId, LocalSegment buffer) => PostReceive(workRequestId, new ReadOnlySpan<LocalSegment>(in buffer));
+
+    /// <summary>Posts a receive that scatters an incoming message over <paramref name="scatter"/>, in order.</summary>
+    /// <exception cref="ArgumentException">More segments than the SRQ was created for (its maxScatterGather), or than 32.</exception>
+    /// <exception cref="NotSupportedException">A segment is refused by the device's ODP quirk, as for one buffer.</exception>
+    public void PostReceive(ulong workRequestId, ReadOnlySpan<LocalSegment> scatter) =>
+        ReceiveWork.Post(this, _odp, _maxSegments, workRequestId, scatter);
 
     /// <inheritdoc/>
     public override string ToString() => "SRQ on " + ProtectionDomain.Device.Name;

@@ -23,25 +23,72 @@ public class AllocationTests
         AssertPostAndPollAllocateNothing(rig.A, rig.Cq, rig.Local.Slice(0, 64), rig.Remote.ToRemote(), " through ibv_cq_ex");
     }
 
+    [Test]
+    public void MixedBatchesAndScatterReceivesAllocateNothing()
+    {
+        using var rig = new BatchRig();
+        var remote = rig.Remote.ToRemote();
+        byte[] note = "batched inline note"u8.ToArray();
+        var wc = new WorkCompletion[8];
+
+        void Cycle(ulong id)
+        {
+            Span<WorkCompletion> completions = wc;
+            rig.B.PostReceive(2 * id, rig.Remote.Slice(30000, 8));                                          // taken by the WRITE's immediate
+            rig.B.PostReceive(2 * id + 1, [rig.Remote.Slice(30100, 8), rig.Remote.Slice(30200, 32)]);       // the inline SEND, scattered
+            var batch = rig.A.StartPost();
+            batch.Write(id, [rig.Local.Slice(0, 64), rig.Local.Slice(128, 64)], remote, 0, SendFlags.None, immediate: (uint)id);
+            batch.SendInline(id, note, SendFlags.None);
+            batch.FetchAdd(id, rig.Local.Slice(8192, 8), remote, 4096, 1, SendFlags.None);
+            batch.Read(id, [rig.Local.Slice(1024, 32), rig.Local.Slice(2048, 32)], remote, 512);
+            batch.Post();
+            Drain(rig.CqA, 1, completions);   // the READ's (the others are unsignaled)
+            Drain(rig.CqB, 2, completions);   // both receives
+        }
+
+        static void Drain(CompletionQueue cq, int count, Span<WorkCompletion> completions)
+        {
+            for (int got = 0; got < count;)
+            {
+                int n = cq.Poll(completions[..(count - got)]);
+                for (int i = 0; i < n; i++)
+                {
+                    if (!completions[i].IsSuccess)
+                        completions[i].ThrowIfFailed();
+                }
+                got += n;
+            }
+        }
+
+        AssertCyclesAllocateNothing(Cycle, 500, 5_000, "cycles of a 4-request batch and 2 receives");
+    }
+
     static void AssertPostAndPollAllocateNothing(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, string what)
     {
-        Span<WorkCompletion> wc = stackalloc WorkCompletion[8];
+        var wc = new WorkCompletion[8];
 
-        void Cycle(ulong id, Span<WorkCompletion> completions)
+        void Cycle(ulong id)
         {
+            Span<WorkCompletion> completions = wc;
             qp.PostWrite(id, source, target, id % 64 * 8);
             while (cq.Poll(completions) == 0) { }
             if (!completions[0].IsSuccess)
                 completions[0].ThrowIfFailed();
         }
 
-        for (ulong i = 0; i < 2_000; i++)   // warm up: JIT tiers, first-touch paths
-            Cycle(i, wc);
+        AssertCyclesAllocateNothing(Cycle, 2_000, 100_000, "post+poll cycles" + what);
+    }
+
+    /// <summary>Runs <paramref name="cycle"/> <paramref name="warmUp"/> times (JIT tiers, first-touch paths), then asserts
+    /// <paramref name="cycles"/> more allocate nothing on this thread.</summary>
+    static void AssertCyclesAllocateNothing(Action<ulong> cycle, int warmUp, int cycles, string what)
+    {
+        for (ulong i = 0; i < (ulong)warmUp; i++)
+            cycle(i);
         long before = GC.GetAllocatedBytesForCurrentThread();
-        const int Cycles = 100_000;
-        for (ulong i = 0; i < Cycles; i++)
-            Cycle(i, wc);
+        for (ulong i = 0; i < (ulong)cycles; i++)
+            cycle(i);
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.That(allocated, Is.Zero, $"{allocated} bytes allocated over {Cycles} post+poll cycles{what}");
+        Assert.That(allocated, Is.Zero, $"{allocated} bytes allocated over {cycles} {what}");
     }
 }

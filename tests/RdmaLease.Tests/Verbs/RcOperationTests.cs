@@ -126,13 +126,11 @@ public class RcOperationTests(string link)
     {
         Patterns.Fill(_a.Span[..2048], 11);
         _b.Span.Clear();
-        Span<SendRequest> list =
-        [
-            SendRequest.Write(40, _a.Slice(0, 1024), _b.ToRemote(), 0, SendFlags.None),
-            SendRequest.Write(41, _a.Slice(1024, 1024), _b.ToRemote(), 1024, SendFlags.None),
-            SendRequest.Read(42, _a.Slice(4096, 2048), _b.ToRemote(), 0),
-        ];
-        _pair.A.PostSend(list);
+        var batch = _pair.A.StartPost();
+        batch.Write(40, _a.Slice(0, 1024), _b.ToRemote(), 0, SendFlags.None);
+        batch.Write(41, _a.Slice(1024, 1024), _b.ToRemote(), 1024, SendFlags.None);
+        batch.Read(42, _a.Slice(4096, 2048), _b.ToRemote(), 0);
+        batch.Post();
         RcPair.Expect(_pair.CqA, WorkCompletionOpcode.RdmaRead, 42);
         Patterns.AssertEqual(_b.Span[..2048], _a.Span[..2048], "post list writes");
         Patterns.AssertEqual(_a.Span.Slice(4096, 2048), _a.Span[..2048], "post list read back");
