@@ -30,7 +30,7 @@ sealed class BatchRig : IDisposable
         A = Pd.CreateQueuePair(Options(CqA, maxSendRequests));
         B = Pd.CreateQueuePair(Options(CqB, maxSendRequests));
         int gid = Device.FindGidIndex(IPAddress.Loopback);
-        var connect = new ConnectOptions { GidIndex = gid, PathMtu = pathMtu };
+        var connect = new ConnectOptions { GidIndex = gid, PathMtu = pathMtu, RemoteAccess = RcPair.AllRemoteOperations(Device) };
         A.Connect(B.LocalEndpoint(gid), connect);
         B.Connect(A.LocalEndpoint(gid), connect);
         Local = Pd.AllocateBuffer(64 << 10, All);

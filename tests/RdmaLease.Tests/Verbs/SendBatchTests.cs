@@ -89,7 +89,7 @@ public class SendBatchTests
         var c = pd.CreateQueuePair(options);
         const uint Qkey = 0x22222222;
         foreach (var qp in new[] { a, b, c })
-            qp.ActivateDatagram(Qkey);
+            qp.MoveToReadyToSend(Qkey);
         int gid = device.FindGidIndex(IPAddress.Loopback);
         var endB = b.LocalEndpoint(gid);
         var endC = c.LocalEndpoint(gid);
