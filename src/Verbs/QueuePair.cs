@@ -234,6 +234,7 @@ public sealed unsafe partial class QueuePair : VerbsObject
         };
         attr.ah_attr.dlid = remote.Lid;
         attr.ah_attr.port_num = options.Port;
+        attr.ah_attr.sl = options.ServiceLevel;
         attr.ah_attr.is_global = 1;
         attr.ah_attr.grh.sgid_index = (byte)options.GidIndex;
         attr.ah_attr.grh.hop_limit = 64;

@@ -80,6 +80,8 @@ public sealed record ConnectOptions
     public byte RnrRetry { get; init; } = 7;
     /// <summary>Minimum RNR NAK timer code the responder asks for.</summary>
     public byte MinRnrTimer { get; init; } = 1;
+    /// <summary>Service level of the path (0..15), as <c>ibv_rc_pingpong -l</c> sets it.</summary>
+    public byte ServiceLevel { get; init; }
     /// <summary>
     /// Operations the peer may direct at this QP (RDMA WRITE/READ, atomics, FLUSH need it here as well as on the
     /// region). Default: write, read, atomics, and the FLUSH types the device supports.
