@@ -13,7 +13,7 @@ public class OutOfBandExchangeTests
 
     // What ibv_rc_pingpong 56.1 (rdma-core, trixie) wrote as a client in the guest, captured byte for byte by
     // PingPongGuestTests.RdmaCoreClientsAddressMessageParses: its 51 characters and the NUL.
-    const string CapturedFromRdmaCore = "0000:000015:5a4f3c:00000000000000000000ffff7f000001\0";
+    const string CapturedFromRdmaCore = "0000:000028:771713:00000000000000000000ffff7f000001\0";
 
     [Test]
     public void TheTextFormIsRcPingpongsPrintf()
@@ -30,7 +30,7 @@ public class OutOfBandExchangeTests
     public void AMessageCapturedFromRdmaCoresPingpongParses()
     {
         var e = OutOfBandExchange.ParsePingPong(CapturedFromRdmaCore);
-        Assert.That(e, Is.EqualTo(new QueuePairEndpoint(0, 0x15, 0x5a4f3c, Loopback)));
+        Assert.That(e, Is.EqualTo(new QueuePairEndpoint(0, 0x28, 0x771713, Loopback)));
         Assert.That(e.Gid.ToString(), Is.EqualTo("::ffff:127.0.0.1"));
         Assert.That(OutOfBandExchange.FormatPingPong(e) + "\0", Is.EqualTo(CapturedFromRdmaCore));
     }

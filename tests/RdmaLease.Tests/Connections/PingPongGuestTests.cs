@@ -24,43 +24,31 @@ public class PingPongGuestTests
         ["-d", "rxelo", "-g", "1", "-p", port.ToString(), "-s", size.ToString(), "-m", mtu.ToString(), "-n", iterations.ToString(),
             .. events ? new[] { "-e" } : []];
 
-    [TestCase(1, 1024, false, 10)]
-    [TestCase(4096, 4096, true, 30)]
-    [TestCase(65536, 1024, true, 20)]
-    [TestCase(65536, 4096, false, 10)]
-    public async Task OurServerServesRdmaCoresClient(int size, int mtu, bool events, int iterations)
+    // The last case also runs with few receives posted (refilled every few messages) and a service level, on both sides.
+    [TestCase(1, 1024, false, 10, "")]
+    [TestCase(4096, 4096, true, 30, "")]
+    [TestCase(65536, 1024, true, 20, "--rx-depth=4 -l 3")]
+    public async Task OurServerServesRdmaCoresClient(int size, int mtu, bool events, int iterations, string more)
     {
         int port = NextPort();
-        var args = Common(port, size, mtu, events, iterations);
+        string[] args = [.. Common(port, size, mtu, events, iterations), .. more.Split(' ', StringSplitOptions.RemoveEmptyEntries)];
         var server = Task.Run(() => PingPongSample.RunOurs(args));
         PingPongSample.WaitForListener(port, server);
         var client = PingPongSample.RunTheirs([.. args, "127.0.0.1"]);
         AssertBothCounted(await server, "our server", client, "ibv_rc_pingpong client", size, iterations);
     }
 
-    [TestCase(1, 4096, true, 30)]
-    [TestCase(4096, 1024, false, 10)]
-    [TestCase(65536, 4096, true, 20)]
-    [TestCase(65536, 1024, false, 10)]
-    public async Task OurClientConnectsToRdmaCoresServer(int size, int mtu, bool events, int iterations)
+    [TestCase(1, 4096, true, 30, "")]
+    [TestCase(4096, 1024, false, 10, "-r 3")]
+    [TestCase(65536, 4096, false, 10, "")]
+    public async Task OurClientConnectsToRdmaCoresServer(int size, int mtu, bool events, int iterations, string more)
     {
         int port = NextPort();
-        var args = Common(port, size, mtu, events, iterations);
+        string[] args = [.. Common(port, size, mtu, events, iterations), .. more.Split(' ', StringSplitOptions.RemoveEmptyEntries)];
         var server = Task.Run(() => PingPongSample.RunTheirs(args));
         PingPongSample.WaitForListener(port, server);
         var client = PingPongSample.RunOurs([.. args, "127.0.0.1"]);
         AssertBothCounted(await server, "ibv_rc_pingpong server", client, "our client", size, iterations);
-    }
-
-    [Test]
-    public async Task OurSampleTalksToItself()
-    {
-        int port = NextPort();
-        var args = Common(port, 8192, 2048, events: true, iterations: 20);
-        var server = Task.Run(() => PingPongSample.RunOurs([.. args, "--rx-depth=4", "-l", "3"]));
-        PingPongSample.WaitForListener(port, server);
-        var client = PingPongSample.RunOurs([.. args, "--rx-depth=4", "-l", "3", "127.0.0.1"]);
-        AssertBothCounted(await server, "our server", client, "our client", 8192, 20);
     }
 
     [Test]
@@ -90,7 +78,7 @@ public class PingPongGuestTests
         Assert.That(ours.Stdout, Does.Not.Contain("iters in"));
         // Our server stopped before answering: rdma-core's client could not read its address.
         Assert.That(client.ExitCode, Is.Not.Zero, client.Output);
-        Assert.That(client.Stderr, Does.Contain("Couldn't read remote address"));
+        Assert.That(client.Stderr, Does.Contain("Couldn't read/write remote address"));
     }
 
     [Test]
