@@ -5,6 +5,7 @@
 #
 # What the tests can rely on afterwards:
 #   rxelo             soft-RoCE on lo (GID index 1 = ::ffff:127.0.0.1)
+#   rdma_cm           rdma_ucm loaded (/dev/infiniband/rdma_cm): librdmacm connections
 #   rxe0 / rxe1       soft-RoCE on a veth pair veth0 (192.0.2.1) <-> veth1 (192.0.2.2, netns "peer")
 #   /mnt/xfs          XFS on /dev/pmem0, mounted -o dax=always
 #   /mnt/ext4         ext4 on /dev/pmem1, mounted -o dax=always
@@ -42,8 +43,9 @@ mounts() {
 
 modules() {
     # -C /dev/null: ndctl's modprobe.d hook for libnvdimm would make nfit/nd_pmem fail.
+    # rdma_ucm (/dev/infiniband/rdma_cm, librdmacm's kernel side) brings rdma_cm, ib_cm and iw_cm.
     local m
-    for m in rdma_rxe ib_uverbs veth nfit nd_pmem dax_pmem xfs ext4; do
+    for m in rdma_rxe ib_uverbs rdma_ucm veth nfit nd_pmem dax_pmem xfs ext4; do
         modprobe -C /dev/null "$m" || { say "modprobe $m failed"; return 1; }
     done
 }
