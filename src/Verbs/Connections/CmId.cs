@@ -104,7 +104,9 @@ internal sealed unsafe class CmId : IDisposable
             throw new VerbsException("rdma_bind_addr", endPoint.ToString(), errno, errno switch
             {
                 RdmaCm.EADDRINUSE => "Another rdma_cm listener (or connection) uses that port: pick another, or port 0 for any.",
-                RdmaCm.EADDRNOTAVAIL or Errno.ENODEV => $"No RDMA device is bound to the network interface carrying {endPoint.Address}: " +
+                RdmaCm.EADDRNOTAVAIL => $"Either another rdma_cm id already uses port {endPoint.Port} on that address (pick another, or port 0 for any), " +
+                    $"or no RDMA device is bound to the network interface carrying {endPoint.Address}: check `rdma link` and `ip addr`.",
+                Errno.ENODEV => $"No RDMA device is bound to the network interface carrying {endPoint.Address}: " +
                     "check `rdma link` (soft-RoCE: rdma link add rxe0 type rxe netdev <interface>) and `ip addr`.",
                 _ => null,
             });
@@ -136,7 +138,8 @@ internal sealed unsafe class CmId : IDisposable
         using var s = _handle.Enter();
         if (librdmacm.rdma_resolve_route((rdma_cm_id*)s.Pointer, timeoutMs) != 0)
             throw new RdmaConnectionException(RdmaConnectionFailure.RouteResolution, destination.ToString(), RdmaCm.LastErrno(),
-                $"rdma_resolve_route to {destination} failed at once: {Errno.Describe(RdmaCm.LastErrno())}.");
+                $"rdma_resolve_route to {destination} failed at once: {Errno.Describe(RdmaCm.LastErrno())}. " + RdmaConnection.LoopbackNote(destination) +
+                "Check that the interface carrying the route has an RDMA device bound to it (`rdma link`, `ip route get`).");
     }
 
     public void Connect(uint qpNumber, ReadOnlySpan<byte> privateData, byte responderResources, byte initiatorDepth, byte retryCount, byte rnrRetry, string target)

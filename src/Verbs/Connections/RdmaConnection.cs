@@ -188,7 +188,12 @@ public sealed class RdmaConnection : IDisposable
     internal static string AddressHint(IPEndPoint destination, IPAddress? source) =>
         $"Check that an RDMA device is bound to the network interface that carries {(source is null ? "the route to " + destination.Address : source.ToString())} " +
         "(`rdma link`; soft-RoCE: `rdma link add rxe0 type rxe netdev <interface>`), that the interface is up and has the address " +
-        $"(`ip addr`, `ip route get {destination.Address}`), and that the rdma_ucm kernel module is loaded.";
+        $"(`ip addr`, `ip route get {destination.Address}`), and that the rdma_ucm kernel module is loaded. rdma_cm cannot use the " +
+        "loopback interface (127.0.0.1, ::1): connect to an address of an interface an RDMA device is bound to, even on this host.";
+
+    internal static string LoopbackNote(IPEndPoint remote) => IPAddress.IsLoopback(remote.Address)
+        ? $"rdma_cm cannot route over the loopback interface ({remote.Address}): connect to the address of an interface an RDMA device is bound to (`rdma link`), even on this host. "
+        : "";
 
     internal static Exception Failure(CmEvent e, IPEndPoint remote, IPAddress? source)
     {
@@ -200,7 +205,7 @@ public sealed class RdmaConnection : IDisposable
             rdma_cm_event_type.RDMA_CM_EVENT_ADDR_ERROR => new RdmaConnectionException(RdmaConnectionFailure.AddressResolution, target, errno,
                 $"Address resolution of {remote.Address} failed ({e.Name}, {status}). " + AddressHint(remote, source)),
             rdma_cm_event_type.RDMA_CM_EVENT_ROUTE_ERROR => new RdmaConnectionException(RdmaConnectionFailure.RouteResolution, target, errno,
-                $"Route resolution to {remote.Address} failed ({e.Name}, {status}). Check that {remote.Address} is reachable over an interface an RDMA device serves (`ip route get {remote.Address}`, its neighbour entry) and that both ends are on the same RoCE network."),
+                $"Route resolution to {remote.Address} failed ({e.Name}, {status}). " + LoopbackNote(remote) + "Check that {remote.Address} is reachable over an interface an RDMA device serves (`ip route get {remote.Address}`, its neighbour entry) and that both ends are on the same RoCE network."),
             rdma_cm_event_type.RDMA_CM_EVENT_UNREACHABLE => new RdmaConnectionException(RdmaConnectionFailure.Unreachable, target, errno,
                 $"{remote} did not answer the connection request ({e.Name}, {status}). Check that a host with an RDMA device is at {remote.Address}, that its rdma_ucm module is loaded and that nothing drops RoCE (UDP 4791) between the two."),
             rdma_cm_event_type.RDMA_CM_EVENT_REJECTED => e.Status == 28

@@ -15,7 +15,7 @@ public class ConnectionGuestTests
     {
         using var server = new CmSide();
         using var client = new CmSide();
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        using var listener = RdmaListener.Listen(AnyPort);
         Assert.That(listener.LocalEndPoint.Port, Is.Not.Zero, "the kernel chose a port");
         Assert.That(KernelCmIds(listener.LocalEndPoint.Port), Has.Some.Contains("LISTEN"), "the kernel lists the listening cm_id");
 
@@ -40,7 +40,7 @@ public class ConnectionGuestTests
             Assert.Multiple(() =>
             {
                 Assert.That(conn.IsConnected && sconn.IsConnected, Is.True);
-                Assert.That(conn.DeviceName, Is.EqualTo("rxelo"));
+                Assert.That(conn.DeviceName, Is.EqualTo(DeviceName));
                 Assert.That(conn.RemoteEndPoint, Is.EqualTo(listener.LocalEndPoint));
                 Assert.That(sconn.RemoteEndPoint, Is.EqualTo(conn.LocalEndPoint));
                 Assert.That(conn.QueuePair, Is.SameAs(qpC));
@@ -84,7 +84,7 @@ public class ConnectionGuestTests
     {
         using var server = new CmSide();
         using var client = new CmSide();
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        using var listener = RdmaListener.Listen(AnyPort);
         var qpS = server.NewQueuePair();
         var qpC = client.NewQueuePair();
         using var inbox = server.Pd.AllocateBuffer(64, AccessFlags.LocalWrite);
@@ -117,11 +117,11 @@ public class ConnectionGuestTests
         using var client = new CmSide();
         var qp = client.NewQueuePair();
         int port;
-        using (var probe = RdmaListener.Listen(AnyLoopbackPort))
+        using (var probe = RdmaListener.Listen(AnyPort))
             port = probe.LocalEndPoint.Port;   // free now
         var sw = Stopwatch.StartNew();
         var e = Assert.ThrowsAsync<RdmaConnectionRejectedException>(() =>
-            RdmaConnection.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port), qp, new RdmaConnectOptions { Timeout = TimeSpan.FromSeconds(20) }));
+            RdmaConnection.ConnectAsync(new IPEndPoint(Address, port), qp, new RdmaConnectOptions { Timeout = TimeSpan.FromSeconds(20) }));
         sw.Stop();
         TestContext.Out.WriteLine($"{sw.ElapsedMilliseconds} ms: {e!.Message}");
         Assert.Multiple(() =>
@@ -140,7 +140,7 @@ public class ConnectionGuestTests
     {
         using var server = new CmSide();
         using var client = new CmSide();
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        using var listener = RdmaListener.Listen(AnyPort);
         var qpC = client.NewQueuePair();
         byte[] why = Bytes(20, 5);
         var rejecting = Task.Run(async () =>
@@ -167,7 +167,7 @@ public class ConnectionGuestTests
     [Test]
     public async Task AcceptCanBeCancelledOrTimeOut()
     {
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        using var listener = RdmaListener.Listen(AnyPort);
         using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
         var sw = Stopwatch.StartNew();
         Assert.CatchAsync<OperationCanceledException>(() => listener.AcceptAsync(cts.Token));
@@ -185,7 +185,7 @@ public class ConnectionGuestTests
     public async Task ConnectCanBeCancelledOrTimeOutWhileThePeerDoesNotAnswer()
     {
         using var client = new CmSide();
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        using var listener = RdmaListener.Listen(AnyPort);
         var qp = client.NewQueuePair();
 
         // Nobody takes the request from the listener: the connect waits for the response.
@@ -208,18 +208,18 @@ public class ConnectionGuestTests
         using var client = new CmSide();
         var qp = client.NewQueuePair();
         var ud = client.NewQueuePair(QueuePairType.UnreliableDatagram);
-        var to = new IPEndPoint(IPAddress.Loopback, 7471);
+        var to = new IPEndPoint(Address, 7471);
         var big = Assert.ThrowsAsync<ArgumentException>(() => RdmaConnection.ConnectAsync(to, qp, new RdmaConnectOptions { PrivateData = new byte[57] }));
         Assert.That(big!.Message, Does.Contain("57 bytes").And.Contain("at most 56"));
         var notRc = Assert.ThrowsAsync<ArgumentException>(() => RdmaConnection.ConnectAsync(to, ud));
         Assert.That(notRc!.Message, Does.Contain("RC"));
-        Assert.ThrowsAsync<ArgumentException>(() => RdmaConnection.ConnectAsync(new IPEndPoint(IPAddress.Loopback, 0), qp));
+        Assert.ThrowsAsync<ArgumentException>(() => RdmaConnection.ConnectAsync(new IPEndPoint(Address, 0), qp));
         Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => RdmaConnection.ConnectAsync(to, qp, new RdmaConnectOptions { Timeout = TimeSpan.FromSeconds(-1) }));
         Assert.ThrowsAsync<ArgumentNullException>(() => RdmaConnection.ConnectAsync(null!, qp));
-        Assert.Throws<ArgumentOutOfRangeException>(() => RdmaListener.Listen(AnyLoopbackPort, 0));
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        Assert.Throws<ArgumentOutOfRangeException>(() => RdmaListener.Listen(AnyPort, 0));
+        using var listener = RdmaListener.Listen(AnyPort);
         var inUse = Assert.Throws<VerbsException>(() => RdmaListener.Listen(listener.LocalEndPoint));
-        Assert.That(inUse!.Message, Does.Contain("EADDRINUSE").Or.Contain("port"));
+        Assert.That(inUse!.Message, Does.Contain("port").And.Contain("rdma_bind_addr"));
         Assert.That(qp.QueryState(), Is.EqualTo(QueuePairState.Reset), "nothing touched the QP");
     }
 
@@ -228,21 +228,28 @@ public class ConnectionGuestTests
     {
         using var client = new CmSide();
         var qp = client.NewQueuePair();
-        // 198.51.100.1 (TEST-NET-2): the guest has no route there.
+        // 203.0.113.1 (TEST-NET-3): the guest has no route there.
         var e = Assert.CatchAsync<RdmaConnectionException>(() =>
-            RdmaConnection.ConnectAsync(new IPEndPoint(IPAddress.Parse("198.51.100.1"), 7471), qp, new RdmaConnectOptions { Timeout = TimeSpan.FromSeconds(10) }));
+            RdmaConnection.ConnectAsync(new IPEndPoint(IPAddress.Parse("203.0.113.1"), 7471), qp, new RdmaConnectOptions { Timeout = TimeSpan.FromSeconds(10) }));
         TestContext.Out.WriteLine(e!.Message);
         Assert.That(e.Failure, Is.EqualTo(RdmaConnectionFailure.AddressResolution));
         Assert.That(e.Message, Does.Contain("rdma link"));
         Assert.That(qp.QueryState(), Is.EqualTo(QueuePairState.Reset));
 
-        // A QP on rxe0 (veth0) for a peer rdma_cm reaches through rxelo.
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
-        using var other = new CmSide("rxe0");
+        // A QP on rxelo for a peer rdma_cm reaches through rxecm.
+        using var listener = RdmaListener.Listen(AnyPort);
+        using var other = new CmSide("rxelo");
         var wrong = other.NewQueuePair();
         var m = Assert.CatchAsync<RdmaConnectionException>(() => RdmaConnection.ConnectAsync(listener.LocalEndPoint, wrong));
         Assert.That(m!.Failure, Is.EqualTo(RdmaConnectionFailure.DeviceMismatch));
-        Assert.That(m.Message, Does.Contain("'rxelo'").And.Contain("'rxe0'"));
+        Assert.That(m.Message, Does.Contain($"'{DeviceName}'").And.Contain("'rxelo'"));
+        Assert.That(wrong.QueryState(), Is.EqualTo(QueuePairState.Reset));
+
+        // Loopback: rdma_cm cannot route over lo; the message says so.
+        var lo = Assert.CatchAsync<RdmaConnectionException>(() =>
+            RdmaConnection.ConnectAsync(new IPEndPoint(IPAddress.Loopback, listener.LocalEndPoint.Port), wrong, new RdmaConnectOptions { Timeout = TimeSpan.FromSeconds(10) }));
+        TestContext.Out.WriteLine(lo!.Message);
+        Assert.That(lo.Message, Does.Contain("loopback"));
     }
 
     [Test]
@@ -250,7 +257,7 @@ public class ConnectionGuestTests
     {
         using var server = new CmSide();
         using var client = new CmSide();
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        using var listener = RdmaListener.Listen(AnyPort);
         int qpsBefore = KernelView.RdmaResources("qp").Count;
         using var buffer = server.Pd.AllocateBuffer(64, AccessFlags.LocalWrite);
         using var source = client.Pd.AllocateBuffer(64, AccessFlags.LocalWrite);

@@ -26,24 +26,27 @@ public class ConnectionLeaseBreakGuestTests
         const int Blocks = 16, Size = Blocks * Block;
         using var server = new CmSide();
         using var client = new CmSide();
-        using var listener = RdmaListener.Listen(AnyLoopbackPort);
+        using var listener = RdmaListener.Listen(AnyPort);
         using var source = client.Pd.AllocateBuffer(Block, AccessFlags.LocalWrite);
         using var message = client.Pd.AllocateBuffer(64, AccessFlags.LocalWrite);
         using var inbox = server.Pd.AllocateBuffer(64, AccessFlags.LocalWrite);
 
         // ---- 1. connected, writing into the leased file ----
-        var file = OpenFile(path, "/mnt/xfs", Size);
+        using var first = new Disposables();   // the first generation, disposed on every path
+        var file = first.Add(OpenFile(path, "/mnt/xfs", Size));
         FillBlocks(file.Span, InitialSeed);
         file.Flush();
-        var lease = file.AcquireLease();
+        var lease = first.Add(file.AcquireLease());
         var broke = OnBreak(lease);
-        var mr = server.Pd.Register(lease, RemoteWritable);
-        var qpS1 = server.NewQueuePair();
+        var mr = first.Add(server.Pd.Register(lease, RemoteWritable));
+        var qpS1 = first.Add(server.NewQueuePair());
         mr.AttachQueuePair(qpS1);
-        var qpC1 = client.NewQueuePair();
+        var qpC1 = first.Add(client.NewQueuePair());
         var advertised1 = new byte[RemoteRegion.EncodedLength];
         mr.ToRemote().WriteTo(advertised1);
         var (conn1, sconn1, _) = await ConnectPairAsync(listener, qpC1, qpS1, Encoding.ASCII.GetBytes("client v1"), advertised1);
+        first.Add(conn1);
+        first.Add(sconn1);
         var remote1 = RemoteRegion.ReadFrom(conn1.RemotePrivateData.Span);
         Assert.Multiple(() =>
         {

@@ -7,7 +7,7 @@ namespace RdmaLease.Tests.Connections;
 /// <summary>One side of an rdma_cm connection test: its own device context, PD, CQ and RC QPs (as another process would have).</summary>
 internal sealed class CmSide : IDisposable
 {
-    public CmSide(string device = "rxelo")
+    public CmSide(string device = Cm.DeviceName)
     {
         Device = Device.Open(device);
         Pd = Device.AllocateProtectionDomain();
@@ -25,11 +25,34 @@ internal sealed class CmSide : IDisposable
     public void Dispose() => Device.Dispose();
 }
 
+/// <summary>Disposes what was added, newest first, whatever happened (idempotent disposals).</summary>
+internal sealed class Disposables : IDisposable
+{
+    readonly Stack<IDisposable> _items = new();
+
+    public T Add<T>(T item) where T : IDisposable
+    {
+        _items.Push(item);
+        return item;
+    }
+
+    public void Dispose()
+    {
+        while (_items.TryPop(out var d))
+            d.Dispose();
+    }
+}
+
 internal static class Cm
 {
     public static readonly TimeSpan Generous = TimeSpan.FromSeconds(30);
 
-    public static IPEndPoint AnyLoopbackPort => new(IPAddress.Loopback, 0);
+    /// <summary>rdma_cm cannot route over lo: tests use rxecm on the dummy rdmacm0 (tools/vm/guest-init.sh).</summary>
+    public const string DeviceName = "rxecm";
+
+    public static readonly IPAddress Address = IPAddress.Parse("198.51.100.1");
+
+    public static IPEndPoint AnyPort => new(Address, 0);
 
     public static byte[] Bytes(int length, int seed)
     {
