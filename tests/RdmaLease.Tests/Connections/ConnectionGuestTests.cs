@@ -269,11 +269,11 @@ public class ConnectionGuestTests
             Assert.That(data[0], Is.EqualTo((byte)i));
             Assert.That(c.RemotePrivateData.Span[0], Is.EqualTo((byte)(i + 100)));
             qpS.PostReceive((ulong)i, buffer.Slice(0, 64));
-            source.Span.Fill((byte)i);
+            source.Span[..64].Fill((byte)i);
             qpC.PostSend((ulong)i, source.Slice(0, 64));
             ExpectSuccess(client.Cq, WorkCompletionOpcode.Send, (ulong)i);
             ExpectSuccess(server.Cq, WorkCompletionOpcode.Receive, (ulong)i);
-            Assert.That(buffer.Span.IndexOfAnyExcept((byte)i), Is.EqualTo(-1));
+            Assert.That(buffer.Span[..64].IndexOfAnyExcept((byte)i), Is.EqualTo(-1));
             if (i % 2 == 0)
                 await c.DisconnectAsync(Generous);
             c.Dispose();

@@ -110,6 +110,20 @@ internal static class Cm
         return wc[0];
     }
 
+    /// <summary>One completion within <paramref name="seconds"/>, or null.</summary>
+    public static WorkCompletion? TryWaitOne(CompletionQueue cq, int seconds)
+    {
+        var wc = new WorkCompletion[1];
+        long deadline = Environment.TickCount64 + seconds * 1000L;
+        while (cq.Poll(wc) == 0)
+        {
+            if (Environment.TickCount64 > deadline)
+                return null;
+            Thread.Sleep(1);
+        }
+        return wc[0];
+    }
+
     public static void ExpectSuccess(CompletionQueue cq, WorkCompletionOpcode opcode, ulong id)
     {
         var wc = WaitOne(cq);
