@@ -17,8 +17,18 @@ public sealed class RdmaConnectionRequest : IDisposable
     {
         var id = CmId.Adopt(e.Id, e.RequestChannel!);
         _connection = new RdmaConnection(id);
-        e.RequestChannel!.Start(_connection.OnEvent);
-        _connection.InitializeFromRequest(e);
+        try
+        {
+            _connection.InitializeFromRequest(e);
+            e.RequestChannel!.Start(_connection.OnEvent);
+        }
+        catch
+        {
+            // Refuse rather than leave the peer waiting; the id and its channel are destroyed with the connection.
+            try { id.Reject(default, "a connection request"); } catch (VerbsException) { }
+            _connection.Abandon(resetQueuePair: false);
+            throw;
+        }
         ResponderResources = e.ResponderResources;
         InitiatorDepth = e.InitiatorDepth;
     }

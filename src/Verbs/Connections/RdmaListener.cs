@@ -81,7 +81,17 @@ public sealed class RdmaListener : IDisposable
             _ = librdmacm.rdma_destroy_id((rdma_cm_id*)e.Id);
             return;
         }
-        var request = new RdmaConnectionRequest(e);
+        RdmaConnectionRequest request;
+        try
+        {
+            request = new RdmaConnectionRequest(e);
+        }
+        catch (Exception ex)
+        {
+            // The request rejected and destroyed its id itself (RdmaConnectionRequest's constructor).
+            Trace.TraceError($"rdma-lease: listener {LocalEndPoint}: a connection request could not be set up ({ex.Message}); rejected");
+            return;
+        }
         if (_disposed || !_requests.Writer.TryWrite(request))
             request.Dispose();   // rejects it
     }
