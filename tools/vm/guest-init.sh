@@ -5,6 +5,8 @@
 #
 # What the tests can rely on afterwards:
 #   rxelo             soft-RoCE on lo (GID index 1 = ::ffff:127.0.0.1)
+#   rdma_cm           rdma_ucm loaded (/dev/infiniband/rdma_cm): librdmacm connections
+#   rxecm             soft-RoCE on dummy rdmacm0 (198.51.100.1, MTU 9000): where rdma_cm tests connect
 #   rxe0 / rxe1       soft-RoCE on a veth pair veth0 (192.0.2.1) <-> veth1 (192.0.2.2, netns "peer")
 #   /mnt/xfs          XFS on /dev/pmem0, mounted -o dax=always
 #   /mnt/ext4         ext4 on /dev/pmem1, mounted -o dax=always
@@ -42,8 +44,9 @@ mounts() {
 
 modules() {
     # -C /dev/null: ndctl's modprobe.d hook for libnvdimm would make nfit/nd_pmem fail.
+    # rdma_ucm (/dev/infiniband/rdma_cm, librdmacm's kernel side) brings rdma_cm, ib_cm and iw_cm.
     local m
-    for m in rdma_rxe ib_uverbs veth nfit nd_pmem dax_pmem xfs ext4; do
+    for m in rdma_rxe ib_uverbs rdma_ucm veth dummy nfit nd_pmem dax_pmem xfs ext4; do
         modprobe -C /dev/null "$m" || { say "modprobe $m failed"; return 1; }
     done
 }
@@ -58,6 +61,11 @@ soft_roce() {
     ip -n peer addr add 192.0.2.2/24 dev veth1 && ip -n peer link set veth1 up && ip -n peer link set lo up &&
     rdma link add rxe0 type rxe netdev veth0 &&
     ip netns exec peer rdma link add rxe1 type rxe netdev veth1 &&
+    # rdma_cm cannot resolve a route over lo (rdma_resolve_route: ENODEV, perftest -R too): its tests connect to
+    # 198.51.100.1 on a dummy interface with MTU 9000 (RoCE path MTU 4096, as on rxelo) through rxecm, which
+    # delivers to its own address internally.
+    ip link add rdmacm0 type dummy && ip link set rdmacm0 mtu 9000 up && ip addr add 198.51.100.1/24 dev rdmacm0 &&
+    rdma link add rxecm type rxe netdev rdmacm0 &&
     rdma link show
 }
 
