@@ -38,7 +38,7 @@ usage: ./build.sh VERB [ARGS]
   vm [--timeout S] -- CMD...
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository)
   bench [N]       boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000)
-  pack            make the NuGet packages (RdmaLease.Verbs, RdmaLease.Leases) in artifacts/packages
+  pack            make the NuGet packages (RdmaLease.Verbs, RdmaLease.Leases, RdmaLease.Hosting) in artifacts/packages
   aot             publish samples/Demo with NativeAOT (trimming and AOT warnings are errors) to artifacts/aot
   consumer        build a fresh console project against artifacts/packages (a local folder feed,
                   offline) into artifacts/package-consumer, for the guest test that runs it
@@ -86,7 +86,7 @@ setup() {
 
 # The libraries: their public surface is declared in PublicAPI.Shipped.txt + PublicAPI.Unshipped.txt, and each
 # is a package.
-LIBRARY_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj)
+LIBRARY_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj src/Hosting/RdmaLease.Hosting.csproj)
 
 # public_api: rewrite each PublicAPI.Unshipped.txt from the code. The file is emptied, then the
 # analyzer's own code fix for RS0016 lists every public symbol PublicAPI.Shipped.txt lacks. (Its

@@ -76,6 +76,7 @@ public unsafe class MemoryRegion : VerbsObject
                 NativeMemory.AlignedFree(address);
             throw new VerbsException("ibv_reg_mr", $"{length} bytes at 0x{(nint)address:x} ({access}) in {pd}", errno, Hint(errno, access));
         }
+        VerbsMetrics.Registered((ulong)mr->length);
         handle.Attach((nint)mr, $"memory region 0x{(nint)address:x}+{length} (rkey 0x{mr->rkey:x})");
         if (ownsMemory)
             handle.FreeAfterDestroy = (nint)address;
@@ -97,7 +98,14 @@ public unsafe class MemoryRegion : VerbsObject
         _ => null,
     };
 
-    static int Deregister(nint mr) => libibverbs.ibv_dereg_mr((ibv_mr*)mr);
+    static int Deregister(nint mr)
+    {
+        ulong length = (ulong)((ibv_mr*)mr)->length;   // read before: the struct is freed by a successful ibv_dereg_mr
+        int rc = libibverbs.ibv_dereg_mr((ibv_mr*)mr);
+        if (rc == 0)
+            VerbsMetrics.Deregistered(length);
+        return rc;
+    }
 
     /// <summary>
     /// Revokes the region: every later post that names it throws <paramref name="reason"/>
@@ -121,11 +129,15 @@ public unsafe class MemoryRegion : VerbsObject
     internal HandleScope EnterForPost()
     {
         if (Volatile.Read(ref _revoked) is { } reason)
+        {
+            VerbsMetrics.RevokedPost();
             throw reason;
+        }
         var scope = Handle.Enter();
         if (Volatile.Read(ref _revoked) is { } late)
         {
             scope.Dispose();
+            VerbsMetrics.RevokedPost();
             throw late;
         }
         return scope;
