@@ -69,7 +69,8 @@ public class CliGuestTests
         JsonElement Next()
         {
             var line = p.StandardOutput.ReadLineAsync().WaitAsync(Generous).GetAwaiter().GetResult();
-            Assert.That(line, Is.Not.Null, $"the tool ended early: {stderr.Result}");
+            if (line is null)
+                Assert.Fail($"the tool ended early: {stderr.Result}");   // only then: Result waits for the process to end
             var e = JsonDocument.Parse(line!).RootElement.Clone();
             events.Add(e);
             return e;
