@@ -35,15 +35,16 @@ usage: ./build.sh VERB [ARGS]
                   'N passed, N failed, N skipped' and fails if any failed or the guest tests did not run
   setup           install host packages, fetch the guest kernel, rdma-core headers and the guest root (cached)
   build           build the native shim and the .NET solution ($CONFIG; CONFIGURATION=Debug to change)
-  vm [--timeout S] -- CMD...
-                  boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository)
+  vm [--share DIR] -- CMD...
+                  boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository);
+                  --share DIR: a folder of yours, read-write at /mnt/share (your own programs, their output)
   bench [N]       boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000)
-  pack            make the NuGet packages (RdmaLease.Verbs, RdmaLease.Leases) in artifacts/packages
+  pack            make the NuGet packages (RdmaLease.Verbs, RdmaLease.Leases, RdmaLease.Hosting) in artifacts/packages
   aot             publish samples/Demo with NativeAOT (trimming and AOT warnings are errors) to artifacts/aot
   consumer        build a fresh console project against artifacts/packages (a local folder feed,
                   offline) into artifacts/package-consumer, for the guest test that runs it
   bindings        regenerate src/Verbs/Interop/Generated from rdma-core's headers
-  public-api      rewrite PublicAPI.Unshipped.txt of src/Verbs and src/Leases from their public surface
+  public-api      rewrite PublicAPI.Unshipped.txt of src/Verbs, src/Leases and src/Hosting from their public surface
   help            this text
 
 Cache: $RL_CACHE (RDMA_LEASE_CACHE to move it). Guest kernel: newest linux-image-amd64 of
@@ -86,7 +87,7 @@ setup() {
 
 # The libraries: their public surface is declared in PublicAPI.Shipped.txt + PublicAPI.Unshipped.txt, and each
 # is a package.
-LIBRARY_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj)
+LIBRARY_PROJECTS=(src/Verbs/RdmaLease.Verbs.csproj src/Leases/RdmaLease.Leases.csproj src/Hosting/RdmaLease.Hosting.csproj)
 
 # public_api: rewrite each PublicAPI.Unshipped.txt from the code. The file is emptied, then the
 # analyzer's own code fix for RS0016 lists every public symbol PublicAPI.Shipped.txt lacks. (Its
@@ -263,7 +264,15 @@ case $verb in
     build) build ;;
     test) test_all ;;
     demo) setup; build; run_guest -- "dotnet exec artifacts/bin/RdmaLease.Demo/${CONFIG,,}/RdmaLease.Demo.dll" ;;
-    vm) [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm -- CMD..."; setup >/dev/null; run_guest -- "$@" ;;
+    vm) vm_args=()
+        while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+            case $1 in
+                --share) [ -d "${2:-}" ] || rl_die "--share needs a directory (got '${2:-}')"; vm_args+=(--share "$2"); shift 2 ;;
+                *) rl_die "usage: ./build.sh vm [--share DIR] -- CMD..." ;;
+            esac
+        done
+        [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm [--share DIR] -- CMD..."
+        setup >/dev/null; run_guest "${vm_args[@]}" -- "$@" ;;
     bench) setup; build; n=${1:-20000}
         run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll interop rxelo $n" ;;
     pack) pack ;;

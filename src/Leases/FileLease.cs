@@ -297,6 +297,7 @@ public sealed class FileLease : IDisposable
     {
         File.ArmGuard(Type, Mechanism == LeaseMechanism.Delegation);
         Volatile.Write(ref _state, Active);
+        LeaseDiagnostics.RecordAcquired();   // End, which every Active lease reaches, records its end
         LeaseSignals.Verify();
         if (KernelBreakPending(out _))
             LeaseSignals.Dispatch(this, Stopwatch.GetTimestamp(), 0);

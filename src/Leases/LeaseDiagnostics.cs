@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 
 namespace RdmaLease.Leases;
 
@@ -8,10 +9,35 @@ namespace RdmaLease.Leases;
 /// handler, a break found by a rescan instead of its signal). All zero in a healthy process, except the counts of
 /// breaks and releases.
 /// </summary>
+/// <remarks>
+/// The same counts, with the number of active leases and a histogram of break-signal-to-release times, are published by
+/// the <c>RdmaLease.Leases</c> meter (<see cref="MeterName"/>; <c>dotnet-counters monitor --counters RdmaLease.Leases</c>).
+/// </remarks>
 public static class LeaseDiagnostics
 {
-    private static long s_breaks, s_releases, s_deadlineWarnings, s_deadlineMisses, s_unconfirmed, s_failedDeregistrations,
+    /// <summary>The System.Diagnostics.Metrics meter publishing these counts.</summary>
+    public const string MeterName = "RdmaLease.Leases";
+
+    private static long s_active, s_breaks, s_releases, s_deadlineWarnings, s_deadlineMisses, s_unconfirmed, s_failedDeregistrations,
         s_quarantines, s_handlerRestorations, s_watcherRestarts, s_sigio, s_spurious, s_dropped, s_foundByRescan, s_worstTicks;
+
+    private static readonly Meter s_meter = new(MeterName, typeof(LeaseDiagnostics).Assembly.GetName().Version?.ToString());
+    private static readonly Histogram<double> s_breakToRelease = s_meter.CreateHistogram<double>("rdmalease.leases.break_to_release", "ms",
+        "Time from a break's signal to the lease given back (regions deregistered before), per break.");
+
+    static LeaseDiagnostics()
+    {
+        s_meter.CreateObservableUpDownCounter("rdmalease.leases.active", () => ActiveLeases, "{lease}", "Leases held now.");
+        s_meter.CreateObservableCounter("rdmalease.leases.breaks", () => Breaks, "{break}", "Leases given back after a break.");
+        s_meter.CreateObservableCounter("rdmalease.leases.releases", () => Releases, "{release}", "Leases given back voluntarily.");
+        s_meter.CreateObservableCounter("rdmalease.leases.deadline_misses", () => DeadlineMisses, "{break}",
+            "Breaks released after lease-break-time (the kernel had removed the lease by force).");
+        s_meter.CreateObservableCounter("rdmalease.leases.unconfirmed_deregistrations", () => UnconfirmedDeregistrations, "{region}",
+            "Regions whose deregistration the kernel had not confirmed when their lease was given back.");
+    }
+
+    /// <summary>Leases held now (granted and not yet given back).</summary>
+    public static long ActiveLeases => Interlocked.Read(ref s_active);
 
     /// <summary>Fraction of lease-break-time after which a teardown counts as a deadline warning.</summary>
     public const double WarningFraction = 0.5;
@@ -67,8 +93,11 @@ public static class LeaseDiagnostics
     /// <summary>How long compiling the break path took when the watcher started (zero under NativeAOT).</summary>
     public static TimeSpan WarmupTime { get; internal set; }
 
+    internal static void RecordAcquired() => Interlocked.Increment(ref s_active);
+
     internal static void RecordEnd(FileLease lease, bool broken, long start, long released, TimeSpan breakTime)
     {
+        Interlocked.Decrement(ref s_active);
         if (!broken)
         {
             Interlocked.Increment(ref s_releases);
@@ -81,6 +110,7 @@ public static class LeaseDiagnostics
         {
         }
         double seconds = (double)ticks / Stopwatch.Frequency;
+        s_breakToRelease.Record(seconds * 1000);
         if (seconds >= breakTime.TotalSeconds)
         {
             Interlocked.Increment(ref s_deadlineMisses);

@@ -103,6 +103,14 @@ public static class LeaseSignals
         }
     }
 
+    /// <summary>
+    /// Installs the break handlers and starts the watcher, the break workers and the warm-up that compiles the break path,
+    /// now rather than at the first lease (a host does this at start, so the first break is not slowed by the JIT).
+    /// Idempotent; the first lease does it otherwise.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">Another copy of this assembly in the process already delivers breaks.</exception>
+    public static void Start() => EnsureStarted();
+
     /// <summary>Installs the handlers and starts the watcher and the break workers (once); returns the signal for F_SETSIG.</summary>
     /// <exception cref="InvalidOperationException">Another copy of this assembly in the process already delivers breaks.</exception>
     internal static unsafe int EnsureStarted()

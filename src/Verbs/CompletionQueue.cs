@@ -131,6 +131,8 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
             fixed (WorkCompletion* wc = completions)
                 KnownCompletionFlagsDefect.Translate((ibv_wc*)wc, n);
         }
+        if (n > 0)
+            VerbsMetrics.Polled(completions[..n]);
         return n;
     }
 

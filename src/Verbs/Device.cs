@@ -66,6 +66,7 @@ public sealed unsafe partial class Device : VerbsObject
     public static Device Open(string name, DeviceOptions? options = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
+        VerbsMetrics.EnsureCreated();   // the meter is visible to dotnet-counters from the first device on
         options ??= new DeviceOptions();
         if (!Enum.IsDefined(options.OdpQuirk))
             throw new ArgumentOutOfRangeException(nameof(options), options.OdpQuirk, "unknown OdpQuirkMode");

@@ -66,6 +66,7 @@ public unsafe class MemoryRegion : VerbsObject
             }, &Deregister, "ibv_reg_mr", $"{length} bytes at 0x{memory:x} ({access}) in {pd}", $"memory region 0x{memory:x}+{length}",
             errno => Hint(errno, access), ownsMemory ? () => NativeMemory.AlignedFree((void*)memory) : null, keepAlive);
         mr = (ibv_mr*)handle.DangerousGetHandle();
+        VerbsMetrics.Registered((ulong)mr->length);
         handle.Rename($"memory region 0x{memory:x}+{length} (rkey 0x{mr->rkey:x})");
         if (ownsMemory)
             handle.FreeAfterDestroy = (nint)address;
@@ -95,7 +96,14 @@ public unsafe class MemoryRegion : VerbsObject
         _ => null,
     };
 
-    static int Deregister(nint mr) => libibverbs.ibv_dereg_mr((ibv_mr*)mr);
+    static int Deregister(nint mr)
+    {
+        ulong length = (ulong)((ibv_mr*)mr)->length;   // read before: the struct is freed by a successful ibv_dereg_mr
+        int rc = libibverbs.ibv_dereg_mr((ibv_mr*)mr);
+        if (rc == 0)
+            VerbsMetrics.Deregistered(length);
+        return rc;
+    }
 
     /// <summary>
     /// Revokes the region: every later post that names it throws <paramref name="reason"/>
@@ -119,11 +127,15 @@ public unsafe class MemoryRegion : VerbsObject
     internal HandleScope EnterForPost()
     {
         if (Volatile.Read(ref _revoked) is { } reason)
+        {
+            VerbsMetrics.RevokedPost();
             throw reason;
+        }
         var scope = Handle.Enter();
         if (Volatile.Read(ref _revoked) is { } late)
         {
             scope.Dispose();
+            VerbsMetrics.RevokedPost();
             throw late;
         }
         return scope;

@@ -39,7 +39,11 @@ mounts() {
     mount -t 9p -o "$ro" dotnet /mnt/dotnet &&
     mount -t 9p -o "$ro" kernel /mnt/kernel &&
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none out /mnt/out &&
-    mount --bind /mnt/kernel/usr/lib/modules /usr/lib/modules
+    mount --bind /mnt/kernel/usr/lib/modules /usr/lib/modules || return 1
+    # ./build.sh vm --share DIR: the user's own folder, read-write.
+    if grep -qw rl_share=1 /proc/cmdline; then
+        mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none share /mnt/share || return 1
+    fi
 }
 
 modules() {

@@ -170,7 +170,7 @@ rl_make_rootfs() {
 
 # Mount points for the shares the launcher exports and the filesystems guest-init makes.
 rl_rootfs_mountpoints() {
-    mkdir -p "$1"/mnt/{repo,dotnet,kernel,out,xfs,ext4,tmpfs} "$1"/usr/lib/modules
+    mkdir -p "$1"/mnt/{repo,dotnet,kernel,out,share,xfs,ext4,tmpfs} "$1"/usr/lib/modules
 }
 
 # rl_make_initramfs ABI: busybox + the 9p modules (decompressed: busybox insmod cannot read
@@ -214,14 +214,16 @@ rl_module_order() {
 #   --timeout S     hard limit for the whole guest run (default 900)
 #   --out DIR       the writable share (mounted at /mnt/out); default: a new temp dir
 #   --memory M      guest RAM in MiB (default 3072)
+#   --share DIR     a host folder of the user's, mounted read-write at /mnt/share in the guest
 # The guest's exit status becomes ours; on failure the tail of the guest console is printed.
 rl_run_vm() {
-    local timeout=900 out="" mem=3072 abi
+    local timeout=900 out="" mem=3072 abi user_share="" share_args=() append_share=""
     while [ $# -gt 0 ]; do
         case $1 in
             --timeout) timeout=$2; shift 2 ;;
             --out) out=$2; shift 2 ;;
             --memory) mem=$2; shift 2 ;;
+            --share) user_share=$2; shift 2 ;;
             --) shift; break ;;
             *) echo "rl_run_vm: unknown option $1" >&2; return 2 ;;
         esac
@@ -236,6 +238,11 @@ rl_run_vm() {
     truncate -s 1G "$pmemdir/pmem0.img"; truncate -s 512M "$pmemdir/pmem1.img"
     echo "$*" > "$out/command"   # like ssh: the words are joined into one shell command
     local share="security_model=none,multidevs=remap"
+    if [ -n "$user_share" ]; then
+        [ -d "$user_share" ] || { echo "rl_run_vm: --share $user_share is not a directory" >&2; return 2; }
+        share_args=(-virtfs "local,path=$(readlink -f "$user_share"),mount_tag=share,$share")
+        append_share=" rl_share=1"
+    fi
     local dotnet_root; dotnet_root=$(dirname "$(readlink -f "$(command -v dotnet)")")
     local console=$out/console.log
     rl_log "guest: booting $abi (timeout ${timeout}s, console in $console)"
@@ -245,14 +252,14 @@ rl_run_vm() {
         -m "${mem}M,slots=2,maxmem=$((mem + 2048))M" \
         -nographic -no-reboot -nic none -serial "file:$console" -monitor none \
         -kernel "$kdir/usr/lib/modules/$abi/vmlinuz" -initrd "$kdir/initramfs.cpio.gz" \
-        -append "console=ttyS0 quiet panic=-1 rl_modules=/mnt/kernel/usr" \
+        -append "console=ttyS0 quiet panic=-1 rl_modules=/mnt/kernel/usr$append_share" \
         -object memory-backend-file,id=mem0,share=on,mem-path=$pmemdir/pmem0.img,size=1G -device nvdimm,id=nv0,memdev=mem0 \
         -object memory-backend-file,id=mem1,share=on,mem-path=$pmemdir/pmem1.img,size=512M -device nvdimm,id=nv1,memdev=mem1 \
         -virtfs "local,path=$root,mount_tag=rootfs,$share,readonly=on" \
         -virtfs "local,path=$RL_REPO,mount_tag=repo,$share,readonly=on" \
         -virtfs "local,path=$dotnet_root,mount_tag=dotnet,$share,readonly=on" \
         -virtfs "local,path=$kdir,mount_tag=kernel,$share,readonly=on" \
-        -virtfs "local,path=$out,mount_tag=out,$share" \
+        -virtfs "local,path=$out,mount_tag=out,$share" "${share_args[@]}" \
         </dev/null >/dev/null 2>"$out/qemu.err"
     rc=$?
     rm -rf "$pmemdir"
