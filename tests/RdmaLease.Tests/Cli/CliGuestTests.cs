@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using RdmaLease.Leases;
+using RdmaLease.Tests.Connections;
 using RdmaLease.Tests.Packaging;
 using static RdmaLease.Tests.Leases.LeaseTestSupport;
 
@@ -53,6 +54,25 @@ public class CliGuestTests
         var r = Run(args);
         Assert.That(r.ExitCode, Is.EqualTo(exitCode), r.Output);
         Assert.That(r.Output, Does.Contain(mentioned));
+    }
+
+    [Test]
+    public async Task PingPongServesRdmaCoresClient()
+    {
+        // The tool runs samples/PingPong's own code with ibv_rc_pingpong's command line, untouched by our parser.
+        const int Port = 18901, Size = 4096, Iterations = 10;
+        string[] common = ["-d", "rxelo", "-g", "1", "-p", Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-s", "4096", "-m", "4096", "-n", "10", "-e"];
+        var server = Task.Run(() => Run(["pingpong", .. common]));
+        PingPongSample.WaitForListener(Port, server);
+        var client = PingPongSample.RunTheirs([.. common, "127.0.0.1"]);
+        var ours = PingPongSample.Parse(await server, "rdma-lease pingpong");
+        var theirs = PingPongSample.Parse(client, "ibv_rc_pingpong");
+        Assert.Multiple(() =>
+        {
+            Assert.That(ours.Bytes, Is.EqualTo((long)Size * Iterations * 2));
+            Assert.That(theirs.Bytes, Is.EqualTo((long)Size * Iterations * 2));
+            Assert.That(ours.Remote, Is.EqualTo(theirs.Local));
+        });
     }
 
     [Test]
