@@ -30,7 +30,8 @@ usage() {
     cat <<EOT
 usage: ./build.sh VERB [ARGS]
 
-  demo            set up (first run only), build, boot a guest and run the demo
+  demo            set up (first run only), build, boot a guest and run samples/tour.sh in it: the devices,
+                  ping-pong against rdma-core's ibv_rc_pingpong, RDMA into a pmem file and a lease break
   test            set up, build, run the host tests and the guest tests; prints
                   'N passed, N failed, N skipped' and fails if any failed or the guest tests did not run
   setup           install host packages, fetch the guest kernel, rdma-core headers and the guest root (cached)
@@ -263,7 +264,7 @@ case $verb in
     setup) setup ;;
     build) build ;;
     test) test_all ;;
-    demo) setup; build; run_guest -- "dotnet exec artifacts/bin/RdmaLease.Demo/${CONFIG,,}/RdmaLease.Demo.dll" ;;
+    demo) setup; build; run_guest -- "samples/tour.sh ${CONFIG,,}" ;;
     vm) vm_args=()
         while [ $# -gt 0 ] && [ "$1" != "--" ]; do
             case $1 in

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
+using RdmaLease.Tests.Packaging;
 
 namespace RdmaLease.Tests.Samples;
 
@@ -33,7 +34,25 @@ public class DemoTests
         AssertTheStory(output, "first-break-aot.txt");
     }
 
-    static string RunDemo(string program, params string[] args)
+    [Test]
+    public void TheTourThatBuildShDemoGivesRunsToTheEnd()
+    {
+        // ./build.sh demo runs samples/tour.sh in the guest: devices, ping-pong against rdma-core's program, the demo.
+        string output = RunDemo(300_000, "bash", "samples/tour.sh", Tool.Configuration);
+        Assert.Multiple(() =>
+        {
+            Assert.That(output, Does.Contain("== 1.").And.Contain("rxelo: driver rxe"));
+            // Both sides of the ping-pong print rc_pingpong's summary: 4096 B x 100 iterations x 2 directions.
+            Assert.That(Regex.Matches(output, @"^819200 bytes in [0-9.]+ seconds = [0-9.]+ Mbit/sec$", RegexOptions.Multiline), Has.Count.EqualTo(2), output);
+            Assert.That(output, Does.Contain("rdma-lease demo (JIT)"));
+            Assert.That(output, Does.Contain("== The tour is over"));
+        });
+        AssertTheStory(output, "first-break-tour.txt");
+    }
+
+    static string RunDemo(string program, params string[] args) => RunDemo(180_000, program, args);
+
+    static string RunDemo(int timeoutMs, string program, params string[] args)
     {
         using var dir = new TempDir(under: "/mnt/xfs");
         var psi = new ProcessStartInfo(program) { WorkingDirectory = RepoPaths.Root, RedirectStandardOutput = true, RedirectStandardError = true };
@@ -42,7 +61,7 @@ public class DemoTests
         using var p = Process.Start(psi)!;
         var stderr = p.StandardError.ReadToEndAsync();
         string output = p.StandardOutput.ReadToEnd();
-        Assert.That(p.WaitForExit(180_000), "the demo finished within 180 s");
+        Assert.That(p.WaitForExit(timeoutMs), $"the demo finished within {timeoutMs / 1000} s");
         TestContext.Out.WriteLine(output);
         Assert.That(p.ExitCode, Is.Zero, output + stderr.Result);
         return output;
