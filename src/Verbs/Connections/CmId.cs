@@ -144,6 +144,22 @@ internal sealed unsafe class CmId : IDisposable
 
     public void Connect(uint qpNumber, ReadOnlySpan<byte> privateData, byte responderResources, byte initiatorDepth, byte retryCount, byte rnrRetry, string target)
     {
+        int errno = Establish(connect: true, qpNumber, privateData, responderResources, initiatorDepth, retryCount, rnrRetry);
+        if (errno != 0)
+            throw new VerbsException("rdma_connect", target, errno, errno == Errno.EINVAL
+                ? "The initiator depth or responder resources exceed what the device allows (its max_qp_init_rd_atom / max_qp_rd_atom)." : null);
+    }
+
+    public void Accept(uint qpNumber, ReadOnlySpan<byte> privateData, byte responderResources, byte initiatorDepth, byte rnrRetry, string target)
+    {
+        int errno = Establish(connect: false, qpNumber, privateData, responderResources, initiatorDepth, retryCount: 0, rnrRetry);
+        if (errno != 0)
+            throw new VerbsException("rdma_accept", target, errno);
+    }
+
+    /// <summary>rdma_connect or rdma_accept with one rdma_conn_param (the retry count only means something to connect); the errno or 0.</summary>
+    int Establish(bool connect, uint qpNumber, ReadOnlySpan<byte> privateData, byte responderResources, byte initiatorDepth, byte retryCount, byte rnrRetry)
+    {
         fixed (byte* pd = privateData)
         {
             var param = new rdma_conn_param
@@ -157,31 +173,9 @@ internal sealed unsafe class CmId : IDisposable
                 qp_num = qpNumber,
             };
             using var s = _handle.Enter();
-            if (librdmacm.rdma_connect((rdma_cm_id*)s.Pointer, &param) != 0)
-            {
-                int errno = RdmaCm.LastErrno();
-                throw new VerbsException("rdma_connect", target, errno, errno == Errno.EINVAL
-                    ? "The initiator depth or responder resources exceed what the device allows (its max_qp_init_rd_atom / max_qp_rd_atom)." : null);
-            }
-        }
-    }
-
-    public void Accept(uint qpNumber, ReadOnlySpan<byte> privateData, byte responderResources, byte initiatorDepth, byte rnrRetry, string target)
-    {
-        fixed (byte* pd = privateData)
-        {
-            var param = new rdma_conn_param
-            {
-                private_data = privateData.IsEmpty ? null : pd,
-                private_data_len = (byte)privateData.Length,
-                responder_resources = responderResources,
-                initiator_depth = initiatorDepth,
-                rnr_retry_count = rnrRetry,
-                qp_num = qpNumber,
-            };
-            using var s = _handle.Enter();
-            if (librdmacm.rdma_accept((rdma_cm_id*)s.Pointer, &param) != 0)
-                throw new VerbsException("rdma_accept", target, RdmaCm.LastErrno());
+            var id = (rdma_cm_id*)s.Pointer;
+            int rc = connect ? librdmacm.rdma_connect(id, &param) : librdmacm.rdma_accept(id, &param);
+            return rc == 0 ? 0 : RdmaCm.LastErrno();
         }
     }
 
