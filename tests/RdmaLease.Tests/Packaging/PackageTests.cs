@@ -81,8 +81,28 @@ public class PackageTests
     /// Deterministic (the Reproducible debug entry), built with ContinuousIntegrationBuild (every source path in the
     /// embedded PDB is mapped to /_/, none names this checkout), and every zip entry stamped with the commit's time.
     /// </summary>
+    [Test]
+    public void TheHostingPackageIsManagedOnlyAndDependsOnLeasesAndTheExtensions()
+    {
+        const string Id = "RdmaLease.Hosting";
+        string nupkg = Package(RepoPaths.File("artifacts/packages"), Id);
+        string version = Path.GetFileNameWithoutExtension(nupkg)[(Id.Length + 1)..];
+        using var zip = ZipFile.OpenRead(nupkg);
+        var names = zip.Entries.Select(e => e.FullName).ToHashSet(StringComparer.Ordinal);
+        Assert.That(names, Is.SupersetOf(new[] { $"lib/net10.0/{Id}.dll", $"lib/net10.0/{Id}.xml", "README.md", "LICENSE" }));
+        Assert.That(names.Where(n => n.StartsWith("runtimes/", StringComparison.Ordinal)), Is.Empty, "no native code of its own");
+        Assert.That(Entry(zip, "README.md"), Is.EqualTo(File.ReadAllBytes(RepoPaths.File("src/Hosting/README.md"))));
+        var m = Metadata(zip, Id);
+        Assert.That(m.Element(Nuspec + "license")?.Value, Is.EqualTo("MIT"));
+        var dependencies = m.Descendants(Nuspec + "dependency").ToDictionary(d => d.Attribute("id")!.Value, d => d.Attribute("version")!.Value);
+        Assert.That(dependencies.Keys, Is.EquivalentTo(new[] { "RdmaLease.Leases", "Microsoft.Extensions.Hosting.Abstractions",
+            "Microsoft.Extensions.Options.ConfigurationExtensions", "Microsoft.Extensions.Logging.Abstractions" }));
+        Assert.That(dependencies["RdmaLease.Leases"], Is.EqualTo(version));
+    }
+
     [TestCase("RdmaLease.Verbs")]
     [TestCase("RdmaLease.Leases")]
+    [TestCase("RdmaLease.Hosting")]
     public void APackageIsReproducible(string id)
     {
         using var zip = ZipFile.OpenRead(Package(RepoPaths.File("artifacts/packages"), id));
