@@ -67,6 +67,9 @@ public sealed unsafe class ProtectionDomain : VerbsObject
         if (address == null)
             throw new ArgumentNullException(nameof(address));
         ArgumentOutOfRangeException.ThrowIfZero(length);
+        // A range past the end of the address space would wrap, and the leased-mapping check below would miss it.
+        if (length > ulong.MaxValue - (ulong)address)
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"0x{(nint)address:x}+{length} ends past the 64-bit address space");
         if (ProtectedMappings.Overlapping((nint)address, (nuint)length) is { } file)
             throw new ArgumentException(
                 $"[0x{(nint)address:x}, +{length}) lies in the mapping of the leased file '{file}': a region registered directly would not be " +

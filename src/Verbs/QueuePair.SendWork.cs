@@ -84,6 +84,8 @@ public sealed unsafe partial class QueuePair
     {
         if (Type != QueuePairType.ReliableConnected)
             throw new InvalidOperationException($"{this} is {Type}: atomics need an RC QP.");
+        ArgumentNullException.ThrowIfNull(result.Region, nameof(result));
+        result.Region.CheckRange(result.Offset, result.Length);
         if (result.Length != 8)
             throw new ArgumentException($"an atomic's result segment is 8 bytes, not {result.Length}", nameof(result));
         if ((flags & SendFlags.Inline) != 0)
@@ -109,6 +111,7 @@ public sealed unsafe partial class QueuePair
         foreach (ref readonly LocalSegment s in segments)
         {
             ArgumentNullException.ThrowIfNull(s.Region, nameof(segments));
+            s.Region.CheckRange(s.Offset, s.Length);   // a segment made with `with` or its constructor skipped Slice's check
             total += s.Length;
         }
         if (total > int.MaxValue)
@@ -143,7 +146,8 @@ public sealed unsafe partial class QueuePair
         for (int i = 0; i < n && wrCount <= TransferSplit.MaxPieces; i++)
         {
             ref readonly SendWork w = ref work[i];
-            ReadOnlySpan<LocalSegment> own = segments.Slice(w.FirstSegment, w.SegmentCount);
+            // An inline send's FirstSegment indexes the inline bytes, not the segments: it owns no segment.
+            ReadOnlySpan<LocalSegment> own = w.IsInline ? default : segments.Slice(w.FirstSegment, w.SegmentCount);
             if (w.IsTransfer && own.Length == 1)
             {
                 limits[i] = TransferLimit(w.Opcode, own[0], w.RemoteLimit);

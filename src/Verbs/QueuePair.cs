@@ -208,6 +208,9 @@ public sealed unsafe partial class QueuePair : VerbsObject
         ArgumentNullException.ThrowIfNull(options);
         if (Type == QueuePairType.UnreliableDatagram)
             throw new InvalidOperationException($"{this} is UD: use MoveToReadyToSend, and address peers per send with an AddressHandle.");
+        // The device keeps only 24 bits of each: a wider QP number would silently connect to another QP.
+        if (remote.QueuePairNumber > 0xffffff || remote.PacketSequenceNumber > 0xffffff)
+            throw new ArgumentException($"{remote}: a QP number and a PSN are 24 bits", nameof(remote));
         var port = ProtectionDomain.Device.QueryPort(options.Port);
         Mtu mtu = options.PathMtu ?? port.ActiveMtu;
         if (mtu > port.ActiveMtu)

@@ -35,12 +35,16 @@ public sealed record QueuePairEndpoint(ushort Lid, uint QueuePairNumber, uint Pa
 
     /// <summary>Reads what <see cref="Encode"/> wrote.</summary>
     /// <exception cref="ArgumentException"><paramref name="source"/> is shorter than <see cref="EncodedLength"/>.</exception>
+    /// <exception cref="FormatException">The QP number or PSN is wider than 24 bits (as <see cref="Parse"/> refuses).</exception>
     public static QueuePairEndpoint Decode(ReadOnlySpan<byte> source)
     {
         if (source.Length < EncodedLength)
             throw new ArgumentException($"needs {EncodedLength} bytes, got {source.Length}", nameof(source));
-        return new(BinaryPrimitives.ReadUInt16BigEndian(source), BinaryPrimitives.ReadUInt32BigEndian(source[2..]),
-            BinaryPrimitives.ReadUInt32BigEndian(source[6..]), new IPAddress(source.Slice(10, 16)));
+        uint qpn = BinaryPrimitives.ReadUInt32BigEndian(source[2..]), psn = BinaryPrimitives.ReadUInt32BigEndian(source[6..]);
+        // The device keeps only 24 bits: a wider QP number would silently connect to another QP.
+        if (qpn > 0xffffff || psn > 0xffffff)
+            throw new FormatException($"the encoded QP number 0x{qpn:x} or PSN 0x{psn:x} is wider than 24 bits: not an endpoint Encode wrote");
+        return new(BinaryPrimitives.ReadUInt16BigEndian(source), qpn, psn, new IPAddress(source.Slice(10, 16)));
     }
 
     /// <summary>Text form <c>lid:qpn:psn:gid</c>, e.g. <c>0:17:0:::ffff:127.0.0.1</c>.</summary>

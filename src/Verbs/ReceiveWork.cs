@@ -29,6 +29,7 @@ internal static class ReceiveWork
         {
             ref readonly LocalSegment s = ref segments[i];
             ArgumentNullException.ThrowIfNull(s.Region, nameof(scatter));
+            s.Region.CheckRange(s.Offset, s.Length);   // a segment made with `with` or its constructor skipped Slice's check
             odp?.CheckMessage("receive", s);
             sges[i] = new ibv_sge { addr = s.Address, length = s.Length, lkey = s.Region.LocalKey };
         }

@@ -52,12 +52,15 @@ public readonly record struct RemoteRegion(ulong Address, ulong Length, uint Rem
 
     /// <summary>Reads what <see cref="Encode"/> wrote.</summary>
     /// <exception cref="ArgumentException"><paramref name="source"/> is shorter than <see cref="EncodedLength"/>.</exception>
+    /// <exception cref="FormatException">The region would end past the 64-bit address space (no region can).</exception>
     public static RemoteRegion Decode(ReadOnlySpan<byte> source)
     {
         if (source.Length < EncodedLength)
             throw new ArgumentException($"needs {EncodedLength} bytes, got {source.Length}", nameof(source));
-        return new(BinaryPrimitives.ReadUInt64BigEndian(source), BinaryPrimitives.ReadUInt64BigEndian(source[8..]),
-            BinaryPrimitives.ReadUInt32BigEndian(source[16..]), BinaryPrimitives.ReadUInt32BigEndian(source[20..]),
+        ulong address = BinaryPrimitives.ReadUInt64BigEndian(source), length = BinaryPrimitives.ReadUInt64BigEndian(source[8..]);
+        if (length != 0 && length - 1 > ulong.MaxValue - address)
+            throw new FormatException($"the encoded region 0x{address:x}+{length} ends past the 64-bit address space: not a region Encode wrote");
+        return new(address, length, BinaryPrimitives.ReadUInt32BigEndian(source[16..]), BinaryPrimitives.ReadUInt32BigEndian(source[20..]),
             BinaryPrimitives.ReadUInt32BigEndian(source[24..]));
     }
 
