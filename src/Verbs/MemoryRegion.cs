@@ -121,8 +121,10 @@ public unsafe class MemoryRegion : VerbsObject
     /// <summary>
     /// Takes a reference for a post; throws if revoked or disposed. The revocation is checked again after the
     /// reference is taken: a post either fails here, or holds the reference until its native call returned, and
-    /// the deregistration (which waits for the last reference) can only run after that. So once
-    /// <see cref="Revoke"/> returned, no post that has not already reached libibverbs names the region.
+    /// the deregistration (which waits for the last reference) can only run after that. Revoke does not wait: a post that
+    /// passed this check just before it may still reach libibverbs after Revoke returned. What is guaranteed is that every
+    /// post naming the region reaches libibverbs before the deregistration starts, and none after (the lease teardown
+    /// relies on exactly that: revoke, then deregister and wait for the kernel's confirmation, then give the lease back).
     /// </summary>
     internal HandleScope EnterForPost()
     {
