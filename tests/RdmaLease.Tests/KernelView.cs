@@ -11,7 +11,7 @@ namespace RdmaLease.Tests;
 internal static class KernelView
 {
     /// <summary>
-    /// `rdma resource show KIND` lines of user-space objects (KIND: qp, cq, mr, pd): those with a "pid". The kernel
+    /// `rdma resource show KIND` lines of user-space objects (KIND: qp, cq, mr, pd; see IsUserObject). The kernel
     /// records the id of the THREAD that created the object, not the process id (a test's objects show the pid of an
     /// NUnit worker thread), so the lines cannot be attributed by Environment.ProcessId; in the guest, where no other
     /// program holds verbs objects once the probes have exited, every user-space object is ours.
@@ -25,7 +25,19 @@ internal static class KernelView
         p.WaitForExit();
         if (p.ExitCode != 0)
             throw new InvalidOperationException($"rdma resource show {kind} exited {p.ExitCode}: {error}");
-        return [.. output.Split('\n').Where(l => l.Contains(" pid ", StringComparison.Ordinal)).Select(l => l.Trim())];
+        return [.. output.Split('\n').Where(IsUserObject).Select(l => l.Trim())];
+    }
+
+    /// <summary>
+    /// A user-space object's line: "pid P comm NAME" while the creating thread lives; once it has exited the kernel prints
+    /// its comm without a pid (pid 0 is left out). Kernel objects name their module in brackets ("comm [ib_core]").
+    /// </summary>
+    static bool IsUserObject(string line)
+    {
+        if (line.Contains(" pid ", StringComparison.Ordinal))
+            return true;
+        int comm = line.IndexOf(" comm ", StringComparison.Ordinal);
+        return comm >= 0 && line.Length > comm + 6 && line[comm + 6] != '[';
     }
 
     /// <summary>The rkeys of the user-space memory regions the kernel lists.</summary>

@@ -452,6 +452,25 @@ public unsafe class SafetyInvariantGuestTests
         Assert.That(GuestSuiteChecks.Leftovers(), Has.None.Contains(key));
     }
 
+    [Test]
+    public void TheLeakGateSeesARegistrationWhoseCreatingThreadHasExited()
+    {
+        // The kernel tags an object with the thread that made it; once that thread is gone its line has no "pid".
+        using var device = Device.Open("rxelo");
+        using var pd = device.AllocateProtectionDomain();
+        RegisteredBuffer? buffer = null;
+        var maker = new Thread(() => buffer = pd.AllocateBuffer(Block, RemoteWritable));
+        maker.Start();
+        maker.Join();
+        Thread.Sleep(200);   // the thread's exit reaches the kernel
+        string key = $"rkey 0x{buffer!.RemoteKey:x} ";
+        TestContext.Out.WriteLine(string.Join("\n", KernelView.RdmaResources("mr")));
+        Assert.That(KernelView.RegisteredRemoteKeys(), Does.Contain(buffer.RemoteKey), "the kernel view lists it");
+        Assert.That(GuestSuiteChecks.Leftovers(), Has.Some.Contains(key), "the leak gate sees it");
+        buffer.Dispose();
+        Assert.That(KernelView.RegisteredRemoteKeys(), Does.Not.Contain(buffer.RemoteKey));
+    }
+
     /// <summary>Hundreds of leases (a quarter with a registered region) broken at once by one other process.</summary>
     [Test]
     public void AFloodOfBreaksIsHandledWithinTheDeadline()
