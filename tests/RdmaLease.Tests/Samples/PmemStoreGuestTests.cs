@@ -81,7 +81,8 @@ public class PmemStoreGuestTests
 
         // The server still holds its region and lease; then SIGTERM.
         Assert.That(OwnedLeasesOf(server.Id), Has.Count.EqualTo(1), "/proc/locks: the server's lease");
-        Assert.That(Resources().Mr, Is.GreaterThan(baseline.Mr), "rdma resource show mr: the server's region");
+        uint rkey = LastAdvertisedKey(server.Output);
+        Assert.That(RemoteKeys(), Does.Contain(rkey), "rdma resource show mr: the server's last region is registered");
         server.Signal("TERM");
         int serverExit = server.WaitForExit(TimeSpan.FromSeconds(60));
         string output = server.Output;
@@ -97,6 +98,7 @@ public class PmemStoreGuestTests
             Assert.That(output.IndexOf("stopping: listener closed", StringComparison.Ordinal),
                 Is.LessThan(output.IndexOf("Shutting down: tearing down", StringComparison.Ordinal)), "the store stops before the objects it used are torn down");
             Assert.That(OwnedLeasesOf(server.Id), Is.Empty, "/proc/locks: no lease of the server's pid");
+            Assert.That(RemoteKeys(), Does.Not.Contain(rkey), "rdma resource show mr: the region is deregistered");
             Assert.That(Resources(), Is.EqualTo(baseline), "rdma resource show: no MR, QP or PD of the server remains");
         });
     }
@@ -122,7 +124,25 @@ public class PmemStoreGuestTests
             return t.Length > 5 && t[1] is "LEASE" or "DELEG" && t[4] == pid.ToString(CultureInfo.InvariantCulture);
         })];
 
-    /// <summary>User-space MRs, QPs and PDs the kernel lists (by count: it records thread ids, not processes).</summary>
-    static (int Mr, int Qp, int Pd) Resources() =>
-        (KernelView.RdmaResources("mr").Count, KernelView.RdmaResources("qp").Count, KernelView.RdmaResources("pd").Count);
+    /// <summary>
+    /// Every MR, QP and PD the kernel lists, kernel-owned ones included, by count. Not KernelView.RdmaResources: that
+    /// keeps the lines with a "pid", and the kernel records the creating THREAD, so the objects a server made on a
+    /// thread-pool thread that has since retired are listed without one.
+    /// </summary>
+    static (int Mr, int Qp, int Pd) Resources() => (All("mr").Count, All("qp").Count, All("pd").Count);
+
+    static List<string> All(string kind) =>
+        [.. Packaging.Tool.Output("rdma", "resource", "show", kind).Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
+
+    static HashSet<uint> RemoteKeys() =>
+        [.. All("mr").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Where(t => Array.IndexOf(t, "rkey") is int i && i >= 0 && i + 1 < t.Length)
+            .Select(t => uint.Parse(t[Array.IndexOf(t, "rkey") + 1].Replace("0x", "", StringComparison.Ordinal), NumberStyles.HexNumber, CultureInfo.InvariantCulture))];
+
+    /// <summary>The rkey of the server's newest generation ("generation N: leased ..., region rkey 0x...").</summary>
+    static uint LastAdvertisedKey(string output)
+    {
+        var m = System.Text.RegularExpressions.Regex.Matches(output, @"region rkey 0x([0-9a-f]+)");
+        Assert.That(m, Is.Not.Empty, output);
+        return uint.Parse(m[^1].Groups[1].Value, NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+    }
 }
