@@ -150,7 +150,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
                     _acked[s] = true;
                     _ackOrder.Add((ulong)s);
                     if (_ackOrder.Count % 10 == 0)
-                        output.WriteLine($"PmemStore write: client {options.ClientId}: {_ackOrder.Count} acknowledged");
+                        output.WriteLine($"PmemStore write: client {options.ClientId}: progress: {_ackOrder.Count} acknowledged");
                 }
             }
             if (options.Interval > TimeSpan.Zero)

@@ -52,7 +52,8 @@ public class PmemStoreGuestTests
                 for (int c = 0; c < Clients; c++)
                 {
                     Assert.That(clients[c].HasExited, Is.False, $"client {c} finished before break {generation}: give it more records\n{clients[c].Output}");
-                    clients[c].WaitFor(" acknowledged", b == 0 ? Start : Step, marks[c], $"client {c} storing in generation {generation}");
+                    // "progress: N acknowledged" comes every 10 records whose FLUSH completed: not the connect line.
+                    clients[c].WaitFor(": progress: ", b == 0 ? Start : Step, marks[c], $"client {c} storing in generation {generation}");
                 }
                 var probe = RunProbe(TimeSpan.FromSeconds(60), breaks[b]);
                 Assert.That(probe.Ok, Is.True, $"{breaks[b][0]}: {probe.Output}");
