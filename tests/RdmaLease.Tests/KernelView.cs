@@ -29,16 +29,13 @@ internal static class KernelView
     }
 
     /// <summary>
-    /// A user-space object's line: "pid P comm NAME" while the creating thread lives; once it has exited the kernel prints
-    /// its comm without a pid (pid 0 is left out). Kernel objects name their module in brackets ("comm [ib_core]").
+    /// A user-space object's line: "pid P comm NAME" while the creating thread lives; once that thread has exited the
+    /// kernel prints neither (observed: "dev rxelo mrn 1 rkey 0x366 lkey 0x366 mrlen 4096 pdn 2"). Kernel objects always
+    /// name their module ("comm [ib_core]").
     /// </summary>
-    static bool IsUserObject(string line)
-    {
-        if (line.Contains(" pid ", StringComparison.Ordinal))
-            return true;
-        int comm = line.IndexOf(" comm ", StringComparison.Ordinal);
-        return comm >= 0 && line.Length > comm + 6 && line[comm + 6] != '[';
-    }
+    static bool IsUserObject(string line) =>
+        (line.Contains("dev ", StringComparison.Ordinal) || line.Contains("link ", StringComparison.Ordinal))
+        && (line.Contains(" pid ", StringComparison.Ordinal) || !line.Contains(" comm ", StringComparison.Ordinal));
 
     /// <summary>The rkeys of the user-space memory regions the kernel lists.</summary>
     public static HashSet<uint> RegisteredRemoteKeys()

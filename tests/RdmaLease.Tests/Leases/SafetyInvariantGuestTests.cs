@@ -464,7 +464,7 @@ public unsafe class SafetyInvariantGuestTests
         maker.Join();
         Thread.Sleep(200);   // the thread's exit reaches the kernel
         string key = $"rkey 0x{buffer!.RemoteKey:x} ";
-        TestContext.Out.WriteLine(string.Join("\n", KernelView.RdmaResources("mr")));
+        TestContext.Out.WriteLine(RdmaLease.Tests.Packaging.Tool.Output("rdma", "resource", "show", "mr"));
         Assert.That(KernelView.RegisteredRemoteKeys(), Does.Contain(buffer.RemoteKey), "the kernel view lists it");
         Assert.That(GuestSuiteChecks.Leftovers(), Has.Some.Contains(key), "the leak gate sees it");
         buffer.Dispose();

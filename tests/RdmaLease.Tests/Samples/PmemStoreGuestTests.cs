@@ -125,19 +125,11 @@ public class PmemStoreGuestTests
             return t.Length > 5 && t[1] is "LEASE" or "DELEG" && t[4] == pid.ToString(CultureInfo.InvariantCulture);
         })];
 
-    /// <summary>
-    /// Every MR, QP and PD the kernel lists, kernel-owned ones included, by count. Not KernelView.RdmaResources: that
-    /// keeps the lines with a "pid", and the kernel records the creating THREAD, so the objects a server made on a
-    /// thread-pool thread that has since retired are listed without one.
-    /// </summary>
-    static (int Mr, int Qp, int Pd) Resources() => (All("mr").Count, All("qp").Count, All("pd").Count);
+    /// <summary>The user-space MRs, QPs and PDs the kernel lists (those of exited creating threads included), by count.</summary>
+    static (int Mr, int Qp, int Pd) Resources() =>
+        (KernelView.RdmaResources("mr").Count, KernelView.RdmaResources("qp").Count, KernelView.RdmaResources("pd").Count);
 
-    static List<string> All(string kind) =>
-        [.. Packaging.Tool.Output("rdma", "resource", "show", kind).Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
-
-    static HashSet<uint> RemoteKeys() =>
-        [.. All("mr").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Where(t => Array.IndexOf(t, "rkey") is int i && i >= 0 && i + 1 < t.Length)
-            .Select(t => uint.Parse(t[Array.IndexOf(t, "rkey") + 1].Replace("0x", "", StringComparison.Ordinal), NumberStyles.HexNumber, CultureInfo.InvariantCulture))];
+    static HashSet<uint> RemoteKeys() => KernelView.RegisteredRemoteKeys();
 
     /// <summary>The rkey of the server's newest generation ("generation N: leased ..., region rkey 0x...").</summary>
     static uint LastAdvertisedKey(string output)
