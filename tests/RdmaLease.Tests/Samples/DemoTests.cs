@@ -37,14 +37,20 @@ public class DemoTests
     [Test]
     public void TheTourThatBuildShDemoGivesRunsToTheEnd()
     {
-        // ./build.sh demo runs samples/tour.sh in the guest: devices, ping-pong against rdma-core's program, the demo.
-        string output = RunDemo(300_000, "bash", "samples/tour.sh", Tool.Configuration);
+        // ./build.sh demo runs samples/tour.sh in the guest: devices, ping-pong against rdma-core's program, the demo, the store.
+        using var storeDir = new TempDir(under: "/mnt/xfs");
+        string output = RunDemo(480_000, "bash", "samples/tour.sh", Tool.Configuration, Path.Combine(storeDir.Path, "store.pmem"));
         Assert.Multiple(() =>
         {
             Assert.That(output, Does.Contain("== 1.").And.Contain("rxelo: driver rxe"));
             // Both sides of the ping-pong print rc_pingpong's summary: 4096 B x 100 iterations x 2 directions.
             Assert.That(Regex.Matches(output, @"^819200 bytes in [0-9.]+ seconds = [0-9.]+ Mbit/sec$", RegexOptions.Multiline), Has.Count.EqualTo(2), output);
             Assert.That(output, Does.Contain("rdma-lease demo (JIT)"));
+            // The store: one break in the middle, every acknowledged record verified at the end.
+            Assert.That(output, Does.Contain("break 1: generation 1 ended"));
+            Assert.That(output, Does.Contain("generation 2: leased"));
+            Assert.That(output, Does.Match(@"200 records acknowledged, 200 verified, 0 missing, 0 corrupt"));
+            Assert.That(output, Does.Contain("0 leases still held, 0 bytes still registered"));
             Assert.That(output, Does.Contain("== The tour is over"));
         });
         AssertTheStory(output, "first-break-tour.txt");

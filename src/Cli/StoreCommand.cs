@@ -1,0 +1,20 @@
+using System.CommandLine;
+using RdmaLease.PmemStore;
+
+namespace RdmaLease.Cli;
+
+/// <summary>
+/// <c>rdma-lease store serve|write|verify ...</c>: samples/PmemStore itself (one implementation): a hosted server leasing an
+/// FS-DAX file, clients appending records with RDMA WRITE + FLUSH across lease breaks, and the verifier
+/// (docs/pmem-store.md). Its command line is the sample's, handed over untouched.
+/// </summary>
+internal static class StoreCommand
+{
+    public const string Name = "store";
+
+    public static Task<int> RunAsync(string[] argsAfterCommand) => PmemStoreProgram.RunAsync(argsAfterCommand);
+
+    /// <summary>The command as help lists it (invocation goes through <see cref="RunAsync"/>).</summary>
+    public static Command Create() =>
+        new(Name, "The pmem store: `store serve FILE`, `store write --server IP:PORT --client-id N`, `store verify FILE --acked LOG` (`rdma-lease store -h`)");
+}
