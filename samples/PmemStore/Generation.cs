@@ -4,10 +4,11 @@ using RdmaLease.Verbs;
 namespace RdmaLease.PmemStore;
 
 /// <summary>
-/// One lease's worth of server state: the file opened at its current size, the lease, the region registered on it,
-/// and the connections accepted while it stood. A break ends the generation; the next one starts from the file.
+/// One lease's worth of server state: the file opened at its current size, the lease, one region per client area
+/// (registered without remote access: peers reach an area only through the grant of their own connection), and the
+/// connections accepted while it stood. A break ends the generation; the next one starts from the file.
 /// </summary>
-internal sealed class Generation(int number, DaxFile file, FileLease lease, LeasedMemoryRegion region, Advert advert)
+internal sealed class Generation(int number, DaxFile file, FileLease lease, IReadOnlyList<LeasedMemoryRegion?> areas)
 {
     readonly Lock _gate = new();
     readonly List<(QueuePair Qp, RdmaConnection? Connection)> _peers = [];
@@ -16,13 +17,13 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, Leas
     public int Number { get; } = number;
     public DaxFile File { get; } = file;
     public FileLease Lease { get; } = lease;
-    public LeasedMemoryRegion Region { get; } = region;
-    public Advert Advert { get; } = advert;
+    /// <summary>Client c's area, registered over [c * area bytes, +area bytes) of the file; null when the file is too short for it.</summary>
+    public IReadOnlyList<LeasedMemoryRegion?> Areas { get; } = areas;
 
     /// <summary>Completes when the lease breaks (the library has revoked the region and failed its QPs already).</summary>
     public TaskCompletionSource Broken { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public bool IsLive => !Broken.Task.IsCompleted && !Region.IsDeregistered;
+    public bool IsLive => !Broken.Task.IsCompleted && Lease.IsActive;
 
     /// <summary>Adds a QP about to be accepted; false when the generation has ended (then the caller disposes it).</summary>
     public bool TryAdd(QueuePair qp)
@@ -48,7 +49,7 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, Leas
         }
     }
 
-    /// <summary>Disposes one peer's connection, then its QP (a QP outlives its connection, never the reverse).</summary>
+    /// <summary>Disposes one peer's connection (which revokes its grant), then its QP and the QP's own send CQ.</summary>
     public void Drop(QueuePair qp)
     {
         RdmaConnection? c = null;
@@ -62,10 +63,17 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, Leas
             }
         }
         c?.Dispose();
-        qp.Dispose();
+        DisposePeer(qp);
     }
 
-    /// <summary>Ends the generation's connections and QPs; the region, lease and file are the caller's to dispose.</summary>
+    /// <summary>A peer's QP has a send CQ of its own (its grant's bind completes there): both go together.</summary>
+    public static void DisposePeer(QueuePair qp)
+    {
+        qp.Dispose();
+        qp.SendCompletionQueue.Dispose();
+    }
+
+    /// <summary>Ends the generation's connections and QPs; the areas, lease and file are the caller's to dispose.</summary>
     public int EndConnections()
     {
         (QueuePair Qp, RdmaConnection? Connection)[] peers;
@@ -78,7 +86,7 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, Leas
         foreach (var (qp, c) in peers)
         {
             c?.Dispose();
-            qp.Dispose();
+            DisposePeer(qp);
         }
         return peers.Length;
     }

@@ -10,7 +10,7 @@ internal sealed record ClientOptions(IPEndPoint Server, string? Device, uint Cli
     TimeSpan Interval, TimeSpan Timeout, string? AckedLog);
 
 /// <summary>
-/// Appends records 0..N-1 into this client's area of the server's region: RDMA WRITE, then FLUSH (persistent) of the
+/// Appends records 0..N-1 into this client's area, the grant the server accepted it with: RDMA WRITE, then FLUSH (persistent) of the
 /// same range. A record counts as stored only when its FLUSH completes successfully. Any error completion, a silent
 /// connection, or a disconnect ends the connection; the client reconnects with backoff, takes the region from the new
 /// accept's private data and resends every record not yet acknowledged.
@@ -55,7 +55,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
                 var advert = Advert.Decode(conn.RemotePrivateData.Span);
                 CheckArea(advert);
                 _connections++;
-                output.WriteLine($"PmemStore write: client {options.ClientId}: connected, generation {advert.Generation}, rkey 0x{advert.Region.RemoteKey:x}, {_ackOrder.Count}/{options.Records} acknowledged");
+                output.WriteLine($"PmemStore write: client {options.ClientId}: connected, generation {advert.Generation}, grant rkey 0x{advert.Region.RemoteKey:x}, {_ackOrder.Count}/{options.Records} acknowledged");
                 backoff = TimeSpan.FromMilliseconds(200);
                 await PumpAsync(qp, cq, records, advert, ct).ConfigureAwait(false);
             }
@@ -92,8 +92,8 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
         ulong need = (ulong)options.Records * RecordFormat.Size;
         if (advert.AreaBytes < need)
             throw new InvalidOperationException($"the server's client areas are {advert.AreaBytes} bytes; {options.Records} records need {need}: start the server with a larger --area-records");
-        if ((options.ClientId + 1) * advert.AreaBytes > advert.Region.Length)
-            throw new LeaseGoneException($"the advertised region ({advert.Region.Length} bytes) does not cover client {options.ClientId}'s area");
+        if (advert.Region.Length < need)
+            throw new LeaseGoneException($"the granted area ({advert.Region.Length} bytes) does not hold {options.Records} records");
     }
 
     async Task PumpAsync(QueuePair qp, CompletionQueue cq, RegisteredBuffer records, Advert advert, CancellationToken ct)
@@ -101,13 +101,12 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
         var queue = new Queue<int>(Enumerable.Range(0, options.Records).Where(s => !_acked[s]));
         var inFlight = new HashSet<int>();
         var wcs = new WorkCompletion[16];
-        ulong areaStart = options.ClientId * advert.AreaBytes;
         while (true)
         {
             while (inFlight.Count < options.Window && queue.Count > 0)
             {
                 int s = queue.Dequeue();
-                ulong offset = areaStart + (ulong)s * RecordFormat.Size;
+                ulong offset = (ulong)s * RecordFormat.Size;   // within the grant: this client's own area
                 var source = records.Slice((ulong)s * RecordFormat.Size, RecordFormat.Size);
                 // Unsignaled WRITE (an error still completes), signaled FLUSH of the same range: RC executes them in
                 // order, so the FLUSH's success means the WRITE's bytes are persistent in the file.

@@ -15,9 +15,14 @@ namespace RdmaLease.PmemStore;
 /// </summary>
 internal sealed class StoreService(RdmaLeaseContext context, ServerOptions options, IHostApplicationLifetime lifetime) : BackgroundService
 {
-    const AccessFlags RegionAccess = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.FlushPersistent;
-    // Least privilege: the clients' QPs may only WRITE and FLUSH to persistence here.
+    // Isolation: an area's region grants nothing by its own key (it never leaves the process); a client reaches its
+    // area only through the grant (a type 2 window bound through its own QP) its connection was accepted with.
+    const AccessFlags RegionAccess = AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind | AccessFlags.FlushPersistent;
+    // Least privilege: a client may only WRITE and FLUSH to persistence, and only in its own area.
     const AccessFlags PeerAccess = AccessFlags.RemoteWrite | AccessFlags.FlushPersistent;
+
+    readonly PeerErrors _peerErrors = new();
+    readonly System.Collections.Concurrent.ConcurrentDictionary<uint, int> _connectionsById = new();
 
     readonly Lock _gate = new();
     Generation? _current;
@@ -33,7 +38,8 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
         Task accepting = Task.CompletedTask;
         try
         {
-            // The server's QPs only receive RDMA WRITE and FLUSH, which complete nothing here: one small CQ for all.
+            // The server's QPs only receive RDMA WRITE and FLUSH, which complete nothing here: one small receive CQ for
+            // all; each QP's send CQ is its own (its grant's bind completes there, and only there).
             _cq = context.Own(context.Device.CreateCompletionQueue(16));
             listener = RdmaListener.Listen(options.Listen);
             Out($"listening on {listener.LocalEndPoint} (device {context.Device.Name}); file {options.File}, {options.Clients} client areas of {options.AreaBytes} bytes and a spare one");
@@ -47,7 +53,8 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
                     _current = gen;
                     _ready.TrySetResult(gen);
                 }
-                Out($"generation {gen.Number}: leased {gen.File.Path} ({gen.File.Length} bytes, {gen.Lease.Mechanism}), region rkey 0x{gen.Region.ToRemote().RemoteKey:x}, advertising it");
+                Out($"generation {gen.Number}: leased {gen.File.Path} ({gen.File.Length} bytes, {gen.Lease.Mechanism}), {gen.Areas.Count(a => a is not null)} client areas registered " +
+                    $"(keys {string.Join(",", gen.Areas.OfType<LeasedMemoryRegion>().Select(a => $"0x{a.RemoteKey:x}"))}, grant nothing and never leave the process); each client gets a grant of its own");
                 try
                 {
                     await gen.Broken.Task.WaitAsync(stop).ConfigureAwait(false);
@@ -63,7 +70,8 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
                 }
                 // The library has already revoked and deregistered the region and failed its QPs; what is left is ours.
                 int closed = gen.EndConnections();
-                gen.Region.Dispose();
+                foreach (var area in gen.Areas)
+                    area?.Dispose();
                 gen.Lease.Dispose();
                 gen.File.Dispose();
                 int breaks = Interlocked.Increment(ref _breaks);
@@ -98,6 +106,7 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
             gen = _current;
         int closed = gen?.EndConnections() ?? 0;
         Out($"stopping: listener closed, {closed} connections closed; {_breaks} breaks, {_accepted} connections accepted in all");
+        Out($"peer errors on standing grants (rdmalease.verbs.peer_errors by peer): {_peerErrors.Summary()}");
         if (options.VerifyLogs.Count > 0)
         {
             try
@@ -136,16 +145,21 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
         {
             DaxFile? file = null;
             FileLease? lease = null;
-            LeasedMemoryRegion? region = null;
+            var areas = new LeasedMemoryRegion?[options.Clients];
             try
             {
                 // Opened again every time: a truncate may have changed the size, and the mapping must match it.
                 file = context.OpenFile(options.File, new DaxFileOptions { Size = File.Exists(options.File) ? null : options.FileSize });
                 lease = context.AcquireLease(file);
-                region = context.Own(context.ProtectionDomain.Register(lease, RegionAccess));
-                var gen = new Generation(number, file, lease, region, new Advert((uint)number, options.Clients, options.AreaBytes, region.ToRemote()));
+                for (uint c = 0; c < options.Clients; c++)
+                {
+                    // An area the file no longer covers (a truncate) is not registered: its client is told to retry.
+                    if ((c + 1) * options.AreaBytes <= (ulong)file.Length)
+                        areas[c] = context.Own(context.ProtectionDomain.Register(new LeasedFileRange(lease, c * options.AreaBytes, options.AreaBytes), RegionAccess));
+                }
+                var gen = new Generation(number, file, lease, areas);
                 lease.BreakRequested += (_, _) => gen.Broken.TrySetResult();
-                if (!lease.IsActive || region.IsDeregistered)
+                if (!lease.IsActive || areas.Any(a => a is { IsDeregistered: true }))
                     gen.Broken.TrySetResult();   // broke before we listened
                 if (file.Length < options.FileSize)
                     Out($"generation {number}: warning: the file is {file.Length} bytes, less than the {options.FileSize} the client areas need");
@@ -154,7 +168,8 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
             catch (Exception e) when (e is LeaseUnavailableException or LeaseRevokedException)
             {
                 // The breaker may still hold the file open (or a lease): wait and try again.
-                region?.Dispose();
+                foreach (var area in areas)
+                    area?.Dispose();
                 lease?.Dispose();
                 file?.Dispose();
                 Out($"generation {number}: lease not available yet ({e.Message}); retrying in {delay.TotalMilliseconds:0} ms");
@@ -163,7 +178,8 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
             }
             catch
             {
-                region?.Dispose();
+                foreach (var area in areas)
+                    area?.Dispose();
                 lease?.Dispose();
                 file?.Dispose();
                 throw;
@@ -210,32 +226,45 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
                 Reject(request, "retry: the server is re-leasing its file");
                 return;
             }
+            if (gen.Areas[(int)client] is not { } area)
+            {
+                Reject(request, $"retry: the file no longer covers client {client}'s area");
+                return;
+            }
+            // With events: the grant waits for its bind through the channel instead of polling.
+            var sendCq = context.Own(context.Device.CreateCompletionQueue(2, withEvents: true));
             var qp = context.Own(context.ProtectionDomain.CreateQueuePair(new QueuePairOptions
             {
-                SendCompletionQueue = _cq!, ReceiveCompletionQueue = _cq!, MaxSendRequests = 1, MaxReceiveRequests = 1,
+                SendCompletionQueue = sendCq, ReceiveCompletionQueue = _cq!, MaxSendRequests = 2, MaxReceiveRequests = 1,
             }));
             if (!gen.TryAdd(qp))
             {
-                qp.Dispose();
+                Generation.DisposePeer(qp);
                 Reject(request, "retry: the region was revoked just now");
                 return;
             }
             try
             {
                 // Attached before accepting: a break from here on moves this QP to the error state too.
-                gen.Region.AttachQueuePair(qp);
-                var conn = await request.AcceptAsync(qp, new RdmaAcceptOptions
-                {
-                    PrivateData = gen.Advert.Encode(), RemoteAccess = PeerAccess, Timeout = TimeSpan.FromSeconds(10),
-                }, stop).ConfigureAwait(false);
+                area.AttachQueuePair(qp);
+                // The grant: a window of this client's own over its own area, bound through its QP; the advert carries
+                // the window's key, never the area's.
+                var conn = await request.AcceptAsync(qp, area.Region, PeerAccess,
+                    grant => new Advert((uint)gen.Number, options.Clients, options.AreaBytes, grant).Encode(),
+                    new RdmaAcceptOptions { Timeout = TimeSpan.FromSeconds(10) }, stop).ConfigureAwait(false);
+                conn.PeerError += (_, e) => OnPeerError(gen, qp, client, e);
                 if (!gen.TrySetConnection(qp, conn))
                 {
                     conn.Dispose();
-                    qp.Dispose();
+                    Generation.DisposePeer(qp);
                     return;
                 }
                 Interlocked.Increment(ref _accepted);
-                Out($"generation {gen.Number}: client {client} connected from {conn.RemoteEndPoint} (QP {qp.QueuePairNumber})");
+                // Every connection of an honest client is worth a line; thousands from one id (a reconnect loop, a key
+                // sweep) are not: the first 16 per id, then every 1024th.
+                int n = _connectionsById.AddOrUpdate(client, 1, (_, v) => v + 1);
+                if (n <= 16 || n % 1024 == 0)
+                    Out($"generation {gen.Number}: client {client} connected from {conn.RemoteEndPoint} (QP {qp.QueuePairNumber}, grant rkey 0x{conn.Grant!.Remote.RemoteKey:x}, connection {n} of this id)");
                 _ = conn.Disconnected.ContinueWith(_ => gen.Drop(qp), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
             }
             catch (Exception e) when (e is not OperationCanceledException)
@@ -248,6 +277,26 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
                 gen.Drop(qp);
             }
         }
+    }
+
+    /// <summary>
+    /// A peer sent what its grant does not allow (a key it was not given, a range outside its area...): the device put
+    /// its QP in error and the connection revoked its grant. Log it (the first, then every 256th per peer: a key sweep
+    /// is thousands) and drop the connection; the peer may reconnect, and gets a new grant of its own area only.
+    /// </summary>
+    void OnPeerError(Generation gen, QueuePair qp, uint client, RdmaPeerErrorEventArgs e)
+    {
+        if (e.GrantEnded)
+        {
+            gen.Drop(qp);   // a write in flight when a break ended the grant: no misbehaviour, the client reconnects
+            return;
+        }
+        string peer = e.RemoteEndPoint.Address.ToString();
+        long count = _peerErrors.Of(peer);
+        if (count <= 1 || count % 256 == 0)
+            Out($"peer {peer} (client id {client}): {e.Error} on QP {e.QueuePairNumber}: it used a key or range it was not granted; " +
+                $"connection dropped; {count} such errors from {peer} so far (rdmalease.verbs.peer_errors)");
+        gen.Drop(qp);
     }
 
     static void Reject(RdmaConnectionRequest request, string why)

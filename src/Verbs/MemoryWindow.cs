@@ -126,9 +126,14 @@ public sealed unsafe class MemoryWindow : VerbsObject
             throw new ArgumentException($"{qp} is UD: memory windows are bound through RC or UC queue pairs.", nameof(qp));
         if ((region.Access & AccessFlags.MemoryWindowBind) == 0)
             throw new ArgumentException($"{region} was registered without AccessFlags.MemoryWindowBind ({region.Access}): windows cannot be bound to it.", nameof(region));
-        const AccessFlags Allowed = AccessFlags.RemoteRead | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic;
+        // FLUSH through a window needs the window's own Flush* access (rxe checks it against the window, as it does
+        // READ/WRITE/atomics: a FLUSH through a RemoteWrite-only window is a remote access error, measured).
+        const AccessFlags Allowed = AccessFlags.RemoteRead | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic | AccessFlags.FlushGlobal | AccessFlags.FlushPersistent;
         if ((access & ~Allowed) != 0 || access == AccessFlags.None)
-            throw new ArgumentException($"{access}: a window grants RemoteRead, RemoteWrite and/or RemoteAtomic, nothing else (zero-based windows are not supported).", nameof(access));
+            throw new ArgumentException($"{access}: a window grants RemoteRead, RemoteWrite, RemoteAtomic, FlushGlobal and/or FlushPersistent, nothing else (zero-based windows are not supported).", nameof(access));
+        var device = ProtectionDomain.Device.Attributes;
+        if (((access & AccessFlags.FlushGlobal) != 0 && !device.FlushGlobal) || ((access & AccessFlags.FlushPersistent) != 0 && !device.FlushPersistent))
+            throw new ArgumentException($"{access}: {ProtectionDomain.Device} does not support that FLUSH type (FlushGlobal {device.FlushGlobal}, FlushPersistent {device.FlushPersistent}).", nameof(access));
         if ((access & (AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic)) != 0 && (region.Access & AccessFlags.LocalWrite) == 0)
             throw new ArgumentException($"a window granting {access} needs a region with LocalWrite; {region} has {region.Access}.", nameof(access));
         ArgumentOutOfRangeException.ThrowIfZero(length);

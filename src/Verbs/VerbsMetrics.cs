@@ -15,7 +15,8 @@ public static class VerbsMetrics
     /// <summary>The meter's name.</summary>
     public const string MeterName = "RdmaLease.Verbs";
 
-    static long s_registeredBytes, s_registeredRegions, s_completions, s_errorCompletions, s_revokedPosts;
+    static long s_registeredBytes, s_registeredRegions, s_completions, s_errorCompletions, s_revokedPosts, s_peerErrorCount;
+    static Counter<long>? s_peerErrors;
 
     static readonly Meter s_meter = CreateMeter();
 
@@ -30,6 +31,10 @@ public static class VerbsMetrics
             "Work completions polled, successful or not.");
         meter.CreateObservableCounter("rdmalease.verbs.error_completions", () => Volatile.Read(ref s_errorCompletions), "{completion}",
             "Work completions polled with an error status (flushed requests included).");
+        s_peerErrors = meter.CreateCounter<long>("rdmalease.verbs.peer_errors", "{error}",
+            "Errors a peer caused on an rdma_cm connection's queue pair (a key it was not granted, an access outside its grant, a malformed request), " +
+            "tagged with the peer's address (peer.address), the device's event (error.type) and whether its grant still stood (grant.state: live, or " +
+            "ended by a lease break): a key sweep shows as a fast-growing live count for one peer.");
         meter.CreateObservableCounter("rdmalease.verbs.revoked_posts", () => Volatile.Read(ref s_revokedPosts), "{post}",
             "Posts refused because a region they named was revoked (its lease broke).");
         return meter;
@@ -70,6 +75,17 @@ public static class VerbsMetrics
     }
 
     internal static void RevokedPost() => Interlocked.Increment(ref s_revokedPosts);
+
+    /// <summary>Errors peers caused on connections' queue pairs so far, all peers together (the <c>peer_errors</c> instrument).</summary>
+    public static long PeerErrors => Volatile.Read(ref s_peerErrorCount);
+
+    internal static void PeerError(System.Net.IPAddress peer, AsyncEventType error, bool grantEnded)
+    {
+        EnsureCreated();
+        Interlocked.Increment(ref s_peerErrorCount);
+        s_peerErrors!.Add(1, new KeyValuePair<string, object?>("peer.address", peer.ToString()), new KeyValuePair<string, object?>("error.type", error.ToString()),
+            new KeyValuePair<string, object?>("grant.state", grantEnded ? "ended" : "live"));
+    }
 
     // Touch the meter so it exists (and dotnet-counters can see it) once any verbs object does.
     internal static void EnsureCreated() => GC.KeepAlive(s_meter);

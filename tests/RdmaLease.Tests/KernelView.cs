@@ -115,4 +115,23 @@ internal static class KernelView
         }
         return fds;
     }
+
+    /// <summary>
+    /// The kernel's own count of users of this process's protection domains (`rdma resource show pd`, the "users"
+    /// field: every MR, QP, SRQ, AH and memory window holds one). `rdma resource` has no memory window listing of its
+    /// own; this is where the kernel shows them.
+    /// </summary>
+    public static int ProtectionDomainUsers()
+    {
+        int total = 0;
+        foreach (string line in KernelView.RdmaResources("pd"))
+        {
+            string[] t = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            int i = Array.IndexOf(t, "users");
+            if (i < 0 || i + 1 >= t.Length)
+                throw new FormatException($"no users in '{line}' (rdma resource show pd)");
+            total += int.Parse(t[i + 1], CultureInfo.InvariantCulture);
+        }
+        return total;
+    }
 }

@@ -21,7 +21,7 @@ namespace RdmaLease.Verbs;
 /// <code>
 /// using var conn = await RdmaConnection.ConnectAsync(new IPEndPoint(IPAddress.Parse("192.0.2.2"), 7471), qp,
 ///     new RdmaConnectOptions { PrivateData = hello });
-/// var region = RemoteRegion.ReadFrom(conn.RemotePrivateData.Span);
+/// var region = RemoteRegion.Decode(conn.RemotePrivateData.Span);
 /// qp.PostWrite(1, buffer.Slice(0, 4096), region, 0);
 /// </code>
 /// </example>
@@ -33,6 +33,9 @@ public sealed class RdmaConnection : IDisposable
     QueuePair? _qp;
     volatile bool _established, _localDisconnect, _disposed;
     int _disposeOnce;
+    RemoteGrant? _grant;
+    Device? _watchedDevice;
+    EventHandler<AsyncEvent>? _deviceEvents;
 
     internal RdmaConnection(CmId id)
     {
@@ -70,7 +73,72 @@ public sealed class RdmaConnection : IDisposable
     /// <summary>True when the peer ended the connection (rather than this side).</summary>
     public bool DisconnectedByPeer { get; private set; }
 
+    /// <summary>
+    /// The grant made when this connection was accepted with a region
+    /// (<see cref="RdmaConnectionRequest.AcceptAsync(QueuePair, MemoryRegion, AccessFlags, Func{RemoteRegion, ReadOnlyMemory{byte}}, RdmaAcceptOptions?, CancellationToken)"/>),
+    /// or null. The connection revokes it when the peer disconnects, on <see cref="PeerError"/> and on Dispose.
+    /// </summary>
+    public RemoteGrant? Grant => _grant;
+
+    /// <summary>
+    /// Raised, on a thread-pool thread, when the device reports that what the peer sent put this connection's queue
+    /// pair in the error state: a key it was not granted or an access outside its grant
+    /// (<see cref="AsyncEventType.QpAccessError"/>), a malformed request (<see cref="AsyncEventType.QpRequestError"/>),
+    /// or a fatal error of the QP. By then the connection's grant is revoked; each event also counts in the
+    /// <c>RdmaLease.Verbs</c> meter's <c>rdmalease.verbs.peer_errors</c>, tagged with the peer's address, so a key sweep
+    /// shows there. End the connection (the QP stays in error); refusing the peer's next connections is the application's call.
+    /// </summary>
+    public event EventHandler<RdmaPeerErrorEventArgs>? PeerError;
+
     internal void OnEvent(CmEvent e) => _events.Writer.TryWrite(e);
+
+    internal void Hold(RemoteGrant grant) => _grant = grant;
+
+    /// <summary>Starts watching the device's async events for this connection's queue pair (before the peer can send).</summary>
+    internal void WatchPeerErrors()
+    {
+        if (_qp is not { } qp || _deviceEvents is not null)
+            return;
+        uint qpn = qp.QueuePairNumber;
+        _deviceEvents = (_, e) =>
+        {
+            if (e.QueuePairNumber == qpn && e.Type is AsyncEventType.QpAccessError or AsyncEventType.QpRequestError or AsyncEventType.QpFatal)
+                OnPeerError(e.Type, qpn);
+        };
+        _watchedDevice = qp.ProtectionDomain.Device;
+        _watchedDevice.AsyncEvent += _deviceEvents;
+    }
+
+    void OnPeerError(AsyncEventType error, uint qpn)
+    {
+        // Whether the grant still stood when the peer erred: a grant whose region a lease break revoked (or that ended)
+        // fails the writes a peer had in flight, which is no misbehaviour; a standing one means the peer used a key or
+        // range it was never given.
+        bool grantEnded = _grant is { } g && (g.Region.Revocation is not null || g.Region.IsDisposed);
+        _grant?.Revoke();
+        VerbsMetrics.PeerError(RemoteEndPoint.Address, error, grantEnded);
+        if (!_disposed)
+            PeerError?.Invoke(this, new RdmaPeerErrorEventArgs(error, RemoteEndPoint, qpn, grantEnded));
+    }
+
+    // The device reports an error on its event thread, and the peer's disconnect (which ends this connection) can be
+    // handled before that report is: keep listening for a while after the end, so the metric misses nothing. QP numbers
+    // are allocated cyclically, so no other QP has this one meanwhile.
+    void StopWatchingSoon() => _ = Task.Delay(TimeSpan.FromSeconds(5)).ContinueWith(_ => StopWatching(), TaskScheduler.Default);
+
+    void StopWatching()
+    {
+        if (_watchedDevice is { } device && _deviceEvents is { } handler)
+        {
+            try
+            {
+                device.AsyncEvent -= handler;
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
+    }
 
     internal async Task<CmEvent> NextEventAsync(CancellationToken ct) => await _events.Reader.ReadAsync(ct).ConfigureAwait(false);
 
@@ -133,6 +201,7 @@ public sealed class RdmaConnection : IDisposable
 
             queuePair.MoveWith(id, ibv_qp_state.IBV_QPS_RTR, AccessFlags.None, options.ResponderResources, options.InitiatorDepth, options.AckTimeout, "INIT->RTR (rdma_cm)");
             queuePair.MoveWith(id, ibv_qp_state.IBV_QPS_RTS, AccessFlags.None, options.ResponderResources, options.InitiatorDepth, options.AckTimeout, "RTR->RTS (rdma_cm)");
+            conn.WatchPeerErrors();
             id.Establish(target);   // the RTU: the passive side's accept completes
             conn.RemotePrivateData = response.PrivateData;
             conn.StartMonitoring();
@@ -257,6 +326,7 @@ public sealed class RdmaConnection : IDisposable
                 {
                     bool byPeer = !_localDisconnect;
                     MoveQueuePairToError();
+                    _grant?.Revoke();
                     if (byPeer && !_disposed)
                         _ = _id.Disconnect();   // answers the peer's DREQ at once (a DREP), rather than at destroy
                     DisconnectedByPeer = byPeer;
@@ -352,6 +422,8 @@ public sealed class RdmaConnection : IDisposable
         if (Interlocked.Exchange(ref _disposeOnce, 1) != 0)
             return;
         _disposed = true;
+        StopWatchingSoon();
+        _grant?.Revoke();
         _id.Dispose();            // rdma_destroy_id: waits for nothing of ours (every event was acknowledged on arrival)
         _id.Channel.Dispose();
         _events.Writer.TryComplete();

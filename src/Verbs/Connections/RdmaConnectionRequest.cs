@@ -64,7 +64,32 @@ public sealed class RdmaConnectionRequest : IDisposable
     /// the right device or reject), or the peer gave up.</exception>
     /// <exception cref="TimeoutException">No confirmation within <see cref="RdmaAcceptOptions.Timeout"/>.</exception>
     /// <exception cref="InvalidOperationException">Already accepted or rejected.</exception>
-    public async Task<RdmaConnection> AcceptAsync(QueuePair queuePair, RdmaAcceptOptions? options, CancellationToken cancellationToken = default)
+    public Task<RdmaConnection> AcceptAsync(QueuePair queuePair, RdmaAcceptOptions? options, CancellationToken cancellationToken = default) =>
+        AcceptCoreAsync(queuePair, options, null, AccessFlags.None, null, cancellationToken);
+
+    /// <summary>
+    /// Accepts the request on <paramref name="queuePair"/> and grants the peer <paramref name="access"/> to
+    /// <paramref name="region"/> through a memory window of its own (<see cref="QueuePair.GrantAsync(MemoryRegion, AccessFlags, CancellationToken)"/>),
+    /// bound before the accept is sent: <paramref name="privateData"/> turns the grant's <see cref="RemoteRegion"/> into
+    /// the accept's private data (the peer learns the window's key, never the region's). The QP grants the peer exactly
+    /// the operations granted (plus <see cref="RdmaAcceptOptions.RemoteAccess"/>). The connection holds the grant
+    /// (<see cref="RdmaConnection.Grant"/>) and revokes it when the peer disconnects, when the connection is disposed and
+    /// when the peer's QP reports an error (<see cref="RdmaConnection.PeerError"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">The region grants remote access by its own key, or does not fit (see
+    /// <see cref="QueuePair.GrantAsync(MemoryRegion, AccessFlags, CancellationToken)"/>); the private data is too long.</exception>
+    public Task<RdmaConnection> AcceptAsync(QueuePair queuePair, MemoryRegion region, AccessFlags access, Func<RemoteRegion, ReadOnlyMemory<byte>> privateData,
+        RdmaAcceptOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(region);
+        ArgumentNullException.ThrowIfNull(privateData);
+        if (access == AccessFlags.None)
+            throw new ArgumentException("grant at least one operation (RemoteWrite, RemoteRead, ...)", nameof(access));
+        return AcceptCoreAsync(queuePair, options, region, access, privateData, cancellationToken);
+    }
+
+    async Task<RdmaConnection> AcceptCoreAsync(QueuePair queuePair, RdmaAcceptOptions? options, MemoryRegion? region, AccessFlags access,
+        Func<RemoteRegion, ReadOnlyMemory<byte>>? privateData, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(queuePair);
         options ??= new RdmaAcceptOptions();
@@ -87,10 +112,20 @@ public sealed class RdmaConnectionRequest : IDisposable
         try
         {
             var id = _connection.Id;
-            queuePair.MoveWith(id, ibv_qp_state.IBV_QPS_INIT, options.RemoteAccess, options.ResponderResources, options.InitiatorDepth, options.AckTimeout, "RESET->INIT (rdma_cm)");
+            queuePair.MoveWith(id, ibv_qp_state.IBV_QPS_INIT, options.RemoteAccess | access, options.ResponderResources, options.InitiatorDepth, options.AckTimeout, "RESET->INIT (rdma_cm)");
             queuePair.MoveWith(id, ibv_qp_state.IBV_QPS_RTR, AccessFlags.None, options.ResponderResources, options.InitiatorDepth, options.AckTimeout, "INIT->RTR (rdma_cm)");
             queuePair.MoveWith(id, ibv_qp_state.IBV_QPS_RTS, AccessFlags.None, options.ResponderResources, options.InitiatorDepth, options.AckTimeout, "RTR->RTS (rdma_cm)");
-            id.Accept(queuePair.QueuePairNumber, options.PrivateData.Span, options.ResponderResources, options.InitiatorDepth, options.RnrRetry, target);
+            ReadOnlyMemory<byte> data = options.PrivateData;
+            if (region is not null)
+            {
+                // Bound and executed before the accept leaves: the peer can use the key as soon as it has it.
+                var grant = await queuePair.GrantAsync(region, access, linked.Token).ConfigureAwait(false);
+                _connection.Hold(grant);
+                data = privateData!(grant.Remote);
+                RdmaCm.CheckPrivateData(data.Span, RdmaPrivateDataLimits.Accept, "an accept", nameof(privateData));
+            }
+            _connection.WatchPeerErrors();
+            id.Accept(queuePair.QueuePairNumber, data.Span, options.ResponderResources, options.InitiatorDepth, options.RnrRetry, target);
             var e = await _connection.NextEventAsync(linked.Token).ConfigureAwait(false);
             if (e.Type != rdma_cm_event_type.RDMA_CM_EVENT_ESTABLISHED || e.Status != 0)
                 throw RdmaConnection.Failure(e, RemoteEndPoint, null);

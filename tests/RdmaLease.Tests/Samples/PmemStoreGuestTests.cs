@@ -82,8 +82,9 @@ public class PmemStoreGuestTests
 
         // The server still holds its region and lease; then SIGTERM.
         Assert.That(OwnedLeasesOf(server.Id), Has.Count.EqualTo(1), "/proc/locks: the server's lease");
-        uint rkey = LastAdvertisedKey(server.Output);
-        Assert.That(RemoteKeys(), Does.Contain(rkey), "rdma resource show mr: the server's last region is registered");
+        var keys = LastAreaKeys(server.Output);
+        Assert.That(keys, Has.Count.EqualTo(Clients));
+        Assert.That(RemoteKeys(), Is.SupersetOf(keys), "rdma resource show mr: the server's last areas are registered");
         server.Signal("TERM");
         int serverExit = server.WaitForExit(TimeSpan.FromSeconds(60));
         string output = server.Output;
@@ -99,7 +100,7 @@ public class PmemStoreGuestTests
             Assert.That(output.IndexOf("stopping: listener closed", StringComparison.Ordinal),
                 Is.LessThan(output.IndexOf("Shutting down: tearing down", StringComparison.Ordinal)), "the store stops before the objects it used are torn down");
             Assert.That(OwnedLeasesOf(server.Id), Is.Empty, "/proc/locks: no lease of the server's pid");
-            Assert.That(RemoteKeys(), Does.Not.Contain(rkey), "rdma resource show mr: the region is deregistered");
+            Assert.That(RemoteKeys().Intersect(keys), Is.Empty, "rdma resource show mr: the areas are deregistered");
             Assert.That(Resources(), Is.EqualTo(baseline), "rdma resource show: no MR, QP or PD of the server remains");
         });
     }
@@ -131,11 +132,11 @@ public class PmemStoreGuestTests
 
     static HashSet<uint> RemoteKeys() => KernelView.RegisteredRemoteKeys();
 
-    /// <summary>The rkey of the server's newest generation ("generation N: leased ..., region rkey 0x...").</summary>
-    static uint LastAdvertisedKey(string output)
+    /// <summary>The area keys of the server's newest generation ("generation N: leased ..., (keys 0x..,0x.., grant nothing...").</summary>
+    internal static List<uint> LastAreaKeys(string output)
     {
-        var m = System.Text.RegularExpressions.Regex.Matches(output, @"region rkey 0x([0-9a-f]+)");
+        var m = System.Text.RegularExpressions.Regex.Matches(output, @"client areas registered \(keys ([0-9a-fx,]+), grant nothing");
         Assert.That(m, Is.Not.Empty, output);
-        return uint.Parse(m[^1].Groups[1].Value, NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+        return [.. m[^1].Groups[1].Value.Split(',').Select(k => uint.Parse(k[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture))];
     }
 }

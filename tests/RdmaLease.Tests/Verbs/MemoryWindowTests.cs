@@ -346,15 +346,15 @@ public class MemoryWindowTests
     {
         using var rig = WindowRig.Open("loopback");
         var (peer, target) = rig.Connect();
-        int users = KernelProtectionDomainUsers();
+        int users = KernelView.ProtectionDomainUsers();
         var window = rig.TargetPd.AllocateMemoryWindow();
-        Assert.That(KernelProtectionDomainUsers(), Is.EqualTo(users + 1), "rdma resource show pd: the window is a user of its domain");
+        Assert.That(KernelView.ProtectionDomainUsers(), Is.EqualTo(users + 1), "rdma resource show pd: the window is a user of its domain");
         var remote = rig.Bind(target, window, Writable);
         Assert.That(rig.Write(peer, remote, 0, 64, seed: 22).Status, Is.EqualTo(WorkCompletionStatus.Success));
         var afterGrant = rig.Backing.Span.ToArray();
 
         window.Dispose();
-        Assert.That(KernelProtectionDomainUsers(), Is.EqualTo(users), "rdma resource show pd after the dealloc");
+        Assert.That(KernelView.ProtectionDomainUsers(), Is.EqualTo(users), "rdma resource show pd after the dealloc");
         var wc = rig.Write(peer, remote, 0, 64, seed: 23);
         Assert.That(wc.Status, Is.EqualTo(WorkCompletionStatus.RemoteAccessError), wc.ToString());
         Patterns.AssertEqual(rig.Backing.Span, afterGrant, "the region after a write through the deallocated window");
@@ -467,25 +467,6 @@ public class MemoryWindowTests
         rig.TargetPd.Dispose();
         Assert.That(last.IsDisposed && other.IsDisposed && rig.Region.IsDisposed);
         Assert.Throws<ObjectDisposedException>(() => rig.TargetPd.AllocateMemoryWindow());
-    }
-
-    /// <summary>
-    /// The kernel's own count of users of this process's protection domains (`rdma resource show pd`, the "users"
-    /// field: every MR, QP, SRQ, AH and memory window holds one). `rdma resource` has no memory window listing of its
-    /// own; this is where the kernel shows them.
-    /// </summary>
-    static int KernelProtectionDomainUsers()
-    {
-        int total = 0;
-        foreach (string line in KernelView.RdmaResources("pd"))
-        {
-            string[] t = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            int i = Array.IndexOf(t, "users");
-            if (i < 0 || i + 1 >= t.Length)
-                throw new FormatException($"no users in '{line}' (rdma resource show pd)");
-            total += int.Parse(t[i + 1], CultureInfo.InvariantCulture);
-        }
-        return total;
     }
 }
 
