@@ -11,7 +11,7 @@ namespace RdmaLease.PmemStore;
 internal sealed class Generation(int number, DaxFile file, FileLease lease, IReadOnlyList<LeasedMemoryRegion?> areas)
 {
     readonly Lock _gate = new();
-    readonly List<(QueuePair Qp, RdmaConnection? Connection)> _peers = [];
+    readonly List<(QueuePair Qp, RdmaConnection? Connection, uint Client)> _peers = [];
     bool _ended;
 
     public int Number { get; } = number;
@@ -25,14 +25,20 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, IRea
 
     public bool IsLive => !Broken.Task.IsCompleted && Lease.IsActive;
 
-    /// <summary>Adds a QP about to be accepted; false when the generation has ended (then the caller disposes it).</summary>
-    public bool TryAdd(QueuePair qp)
+    /// <summary>
+    /// Adds a QP about to be accepted for <paramref name="client"/>; false when the generation has ended, or when that client
+    /// id has a connection already (one grant per area: a second peer claiming the id must not get the area too).
+    /// </summary>
+    public bool TryAdd(QueuePair qp, uint client, out string? refusal)
     {
         lock (_gate)
         {
-            if (_ended)
+            refusal = _ended ? "retry: the region was revoked just now"
+                : _peers.Any(p => p.Client == client) ? $"retry: client id {client} has a connection already (one connection per id; its area is granted to it)"
+                : null;
+            if (refusal is not null)
                 return false;
-            _peers.Add((qp, null));
+            _peers.Add((qp, null, client));
             return true;
         }
     }
@@ -44,7 +50,7 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, IRea
             int i = _peers.FindIndex(p => ReferenceEquals(p.Qp, qp));
             if (_ended || i < 0)
                 return false;
-            _peers[i] = (qp, connection);
+            _peers[i] = (qp, connection, _peers[i].Client);
             return true;
         }
     }
@@ -76,14 +82,14 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, IRea
     /// <summary>Ends the generation's connections and QPs; the areas, lease and file are the caller's to dispose.</summary>
     public int EndConnections()
     {
-        (QueuePair Qp, RdmaConnection? Connection)[] peers;
+        (QueuePair Qp, RdmaConnection? Connection, uint Client)[] peers;
         lock (_gate)
         {
             _ended = true;
             peers = [.. _peers];
             _peers.Clear();
         }
-        foreach (var (qp, c) in peers)
+        foreach (var (qp, c, _) in peers)
         {
             c?.Dispose();
             DisposePeer(qp);

@@ -17,12 +17,13 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
 {
     // Isolation: an area's region grants nothing by its own key (it never leaves the process); a client reaches its
     // area only through the grant (a type 2 window bound through its own QP) its connection was accepted with.
-    const AccessFlags RegionAccess = AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind | AccessFlags.FlushPersistent;
+    // No FlushPersistent either: the grant's window carries it (a region flag would let any peer FLUSH by the region's key).
+    const AccessFlags RegionAccess = AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind;
     // Least privilege: a client may only WRITE and FLUSH to persistence, and only in its own area.
     const AccessFlags PeerAccess = AccessFlags.RemoteWrite | AccessFlags.FlushPersistent;
 
     readonly PeerErrors _peerErrors = new();
-    readonly System.Collections.Concurrent.ConcurrentDictionary<uint, int> _connectionsById = new();
+    readonly System.Collections.Concurrent.ConcurrentDictionary<uint, int> _connectionsById = new(), _errorsById = new();
 
     readonly Lock _gate = new();
     Generation? _current;
@@ -54,7 +55,7 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
                     _ready.TrySetResult(gen);
                 }
                 Out($"generation {gen.Number}: leased {gen.File.Path} ({gen.File.Length} bytes, {gen.Lease.Mechanism}), {gen.Areas.Count(a => a is not null)} client areas registered " +
-                    $"(keys {string.Join(",", gen.Areas.OfType<LeasedMemoryRegion>().Select(a => $"0x{a.RemoteKey:x}"))}, grant nothing and never leave the process); each client gets a grant of its own");
+                    $"(keys {string.Join(",", gen.Areas.OfType<LeasedMemoryRegion>().Select(a => $"0x{a.RemoteKey:x}"))}, grant nothing and are never sent to peers); each client gets a grant of its own");
                 try
                 {
                     await gen.Broken.Task.WaitAsync(stop).ConfigureAwait(false);
@@ -237,10 +238,10 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
             {
                 SendCompletionQueue = sendCq, ReceiveCompletionQueue = _cq!, MaxSendRequests = 2, MaxReceiveRequests = 1,
             }));
-            if (!gen.TryAdd(qp))
+            if (!gen.TryAdd(qp, client, out string? refusal))
             {
                 Generation.DisposePeer(qp);
-                Reject(request, "retry: the region was revoked just now");
+                Reject(request, refusal!);
                 return;
             }
             try
@@ -292,10 +293,11 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
             return;
         }
         string peer = e.RemoteEndPoint.Address.ToString();
-        long count = _peerErrors.Of(peer);
-        if (count <= 1 || count % 256 == 0)
+        // The first 16 per client id, then every 256th: an honest client's error is worth a line, a sweep's thousands are not.
+        int n = _errorsById.AddOrUpdate(client, 1, (_, v) => v + 1);
+        if (n <= 16 || n % 256 == 0)
             Out($"peer {peer} (client id {client}): {e.Error} on QP {e.QueuePairNumber}: it used a key or range it was not granted; " +
-                $"connection dropped; {count} such errors from {peer} so far (rdmalease.verbs.peer_errors)");
+                $"connection dropped; {n} such errors from this client id, {_peerErrors.Of(peer)} from {peer} so far (rdmalease.verbs.peer_errors)");
         gen.Drop(qp);
     }
 

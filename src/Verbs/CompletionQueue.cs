@@ -57,6 +57,9 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
 
     internal ibv_cq* Cq => (ibv_cq*)Handle.DangerousGetHandle();
 
+    /// <summary>Queue pairs (not disposed) whose send queue completes here: a grant waits only on a send CQ of its QP's own.</summary>
+    internal int SendQueueUsers;
+
     internal CompletionQueue(Device device, CompletionQueueOptions options)
         : this(device, options, options.WithEvents ? CreateChannel(device) : null)
     {

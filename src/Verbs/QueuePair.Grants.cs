@@ -12,17 +12,19 @@ public sealed partial class QueuePair
     /// (<see cref="ChangeRemoteAccess"/>) to the operations granted if it lacks them.
     /// </summary>
     /// <remarks>The wait takes the bind's completion off the QP's send completion queue (through its channel if it has
-    /// one, else by polling): grant while the QP has no other signaled send work outstanding — as when a server grants a
-    /// connecting peer before accepting it, or give such QPs a send queue of their own. A completion of other work found
-    /// meanwhile is an error, named in the exception.</remarks>
+    /// one, else by polling), so that queue must be this QP's alone (checked), and the QP should have no other send work
+    /// outstanding — as when a server grants a connecting peer before accepting it. On rxe a bind posted behind a SEND the
+    /// peer has not yet acknowledged can put the QP in the error state (docs/known-defects.md): re-grant on an idle QP.
+    /// The QP's remote access is widened only once the bind has completed: a failed grant widens nothing.</remarks>
     /// <param name="region">A region of this QP's protection domain registered with <see cref="AccessFlags.MemoryWindowBind"/>
     /// (and <see cref="AccessFlags.LocalWrite"/> to grant writes, atomics or FLUSH), without remote access of its own.</param>
     /// <param name="access">RemoteRead, RemoteWrite, RemoteAtomic, FlushGlobal and/or FlushPersistent.</param>
-    /// <param name="cancellationToken">Ends the wait for the bind (the window is then deallocated: nothing is granted).</param>
-    /// <exception cref="ArgumentException">The region grants remote access through its own key, or does not fit the window
-    /// (domain, bind access, LocalWrite), or <paramref name="access"/> is not remote operations.</exception>
-    /// <exception cref="InvalidOperationException">The QP is not RC in RTS, or its send completion queue delivered a
-    /// completion of other work.</exception>
+    /// <param name="cancellationToken">Cancels the grant before its bind is posted. Once posted, the bind is waited for
+    /// (it completes in milliseconds), so no completion is left behind for another waiter.</param>
+    /// <exception cref="ArgumentException">The region is deregistered or revoked, answers its own key (remote access or
+    /// FLUSH), or does not fit the window (domain, bind access, LocalWrite), or <paramref name="access"/> is not remote operations.</exception>
+    /// <exception cref="InvalidOperationException">The QP is not RC in RTS, its send completion queue serves other QPs, or
+    /// that queue delivered a completion of other work.</exception>
     /// <exception cref="WorkCompletionException">The device failed the bind.</exception>
     public Task<RemoteGrant> GrantAsync(MemoryRegion region, AccessFlags access, CancellationToken cancellationToken = default)
     {
@@ -38,26 +40,37 @@ public sealed partial class QueuePair
     public async Task<RemoteGrant> GrantAsync(MemoryRegion region, ulong offset, ulong length, AccessFlags access, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(region);
-        if ((region.Access & PeerDataAccess) != 0)
-            throw new ArgumentException($"{region} grants {region.Access & PeerDataAccess} through its own key (0x{region.RemoteKey:x}): any peer on a QP of " +
-                $"{region.ProtectionDomain} that learns or guesses that key reaches all of it, grant or no grant. Register regions you grant with " +
-                "AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind (| FlushPersistent for FLUSH) and no remote access.", nameof(region));
+        if (region.IsDisposed)
+            throw new ArgumentException($"{region} is deregistered: there is nothing to grant. Register the memory again (after a lease break: a new lease, then a new registration).", nameof(region));
+        if (region.Revocation is { } revoked)
+            throw new ArgumentException($"{region} was revoked ({revoked.Message}): there is nothing to grant.", nameof(region), revoked);
+        if ((region.Access & PeerReachable) != 0)
+            throw new ArgumentException($"{region} grants {region.Access & PeerReachable} through its own key (0x{region.RemoteKey:x}): any peer on a QP of " +
+                $"{region.ProtectionDomain} that learns or guesses that key can use it, grant or no grant. Register regions you grant with " +
+                "AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind and no remote access (a window with FlushPersistent flushes them).", nameof(region));
         if (Type != QueuePairType.ReliableConnected)
             throw new InvalidOperationException($"{this} is {Type}: grants are bound through RC queue pairs (type 2 windows).");
+        if (Volatile.Read(ref SendCompletionQueue.SendQueueUsers) > 1)
+            throw new InvalidOperationException($"{SendCompletionQueue} is the send completion queue of {SendCompletionQueue.SendQueueUsers} queue pairs: a grant waits " +
+                "for its bind there and would take the others' completions. Give the QP a send completion queue of its own (with events).");
         var attributes = Query();
         if (attributes.State != QueuePairState.ReadyToSend)
             throw new InvalidOperationException($"{this} is {attributes.State}: a grant is bound by a work request, which needs a connected QP in RTS.");
         if ((access & RemoteOperations) != access)
             throw new ArgumentException($"{access}: a grant gives remote operations only ({RemoteOperations}).", nameof(access));
+        cancellationToken.ThrowIfCancellationRequested();
         var window = ProtectionDomain.AllocateMemoryWindow(MemoryWindowType.Type2);
         try
         {
             window.CheckBind(this, region, offset, length, access);
+            var remote = window.PostBind(this, Handle, GrantWorkRequestId, region, offset, length, access, SendFlags.Signaled)!.Value;
+            // Posted: the bind's completion will come, so wait for it whatever the token says (milliseconds), rather
+            // than leave it on the queue for the next waiter to mistake for its own.
+            var wc = await WaitForOwnCompletionAsync(GrantWorkRequestId, "the grant's bind").ConfigureAwait(false);
+            wc.ThrowIfFailed();
+            // Only now widen what the QP lets the peer do: a grant that failed widens nothing.
             if ((attributes.Access & access) != access)
                 ChangeRemoteAccess((attributes.Access & RemoteOperations) | access);
-            var remote = window.PostBind(this, Handle, GrantWorkRequestId, region, offset, length, access, SendFlags.Signaled)!.Value;
-            var wc = await WaitForOwnCompletionAsync(GrantWorkRequestId, "the grant's bind", cancellationToken).ConfigureAwait(false);
-            wc.ThrowIfFailed();
             return new RemoteGrant(this, region, access, window, remote);
         }
         catch
@@ -70,30 +83,47 @@ public sealed partial class QueuePair
     /// <summary>The work request id of a grant's bind ("RLGRANT\0").</summary>
     internal const ulong GrantWorkRequestId = 0x0054_4E41_5247_4C52;
 
-    const AccessFlags PeerDataAccess = AccessFlags.RemoteRead | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic;
+    // What a region's own key would let a peer do: data access, and FLUSH (which also tells a key sweep which keys are valid).
+    const AccessFlags PeerReachable = AccessFlags.RemoteRead | AccessFlags.RemoteWrite | AccessFlags.RemoteAtomic | AccessFlags.FlushGlobal | AccessFlags.FlushPersistent;
 
-    /// <summary>Waits for the completion of <paramref name="workRequestId"/> on the send CQ, which nobody else may poll meanwhile.</summary>
-    async Task<WorkCompletion> WaitForOwnCompletionAsync(ulong workRequestId, string what, CancellationToken cancellationToken)
+    /// <summary>Waits for the completion of <paramref name="workRequestId"/> on the send CQ, which is this QP's alone.</summary>
+    async Task<WorkCompletion> WaitForOwnCompletionAsync(ulong workRequestId, string what)
     {
         var cq = SendCompletionQueue;
         var one = new WorkCompletion[1];
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
         int idle = 0;
         while (true)
         {
-            int n = cq.HasEvents ? await cq.PollAsync(one, cancellationToken).ConfigureAwait(false) : cq.Poll(one);
+            int n;
+            if (cq.HasEvents)
+            {
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+                try
+                {
+                    n = await cq.PollAsync(one, timeout.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    n = 0;
+                }
+            }
+            else
+                n = cq.Poll(one);
             if (n == 1)
             {
                 if (one[0].WorkRequestId != workRequestId)
                     throw new InvalidOperationException($"waiting for {what} on {this}, its send completion queue delivered a completion of other work " +
-                        $"({one[0]}), now taken off the queue: grant while the QP has no other signaled send work outstanding, or give it a send queue of its own.");
+                        $"({one[0]}), now taken off the queue: grant while the QP has no other signaled send work outstanding.");
                 return one[0];
             }
-            cancellationToken.ThrowIfCancellationRequested();
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"{what} on {this} did not complete within 30 s: is the QP still connected?");
             // A bind executes in microseconds on hardware, milliseconds under emulation: spin briefly, then sleep.
             if (++idle < 64)
                 await Task.Yield();
             else
-                await Task.Delay(1, cancellationToken).ConfigureAwait(false);
+                await Task.Delay(1).ConfigureAwait(false);
         }
     }
 }

@@ -129,7 +129,10 @@ public sealed unsafe partial class QueuePair : VerbsObject
         _postLimits = PostLimits.From(options);
         _odpOff = options.WithoutOdpQuirk;
         _odp = OdpRuleAt(null);
+        Interlocked.Increment(ref SendCompletionQueue.SendQueueUsers);
     }
+
+    private protected override void OnDisposing() => Interlocked.Decrement(ref SendCompletionQueue.SendQueueUsers);
 
     static NativeHandle Create(ProtectionDomain pd, QueuePairOptions o, out ibv_qp* qp, out ibv_qp_ex* qpx)
     {

@@ -34,6 +34,7 @@ public sealed class RdmaConnection : IDisposable
     volatile bool _established, _localDisconnect, _disposed;
     int _disposeOnce;
     RemoteGrant? _grant;
+    volatile bool _revokedByConnection;   // the connection ended its grant itself (disconnect, dispose, an error of the peer's)
     Device? _watchedDevice;
     EventHandler<AsyncEvent>? _deviceEvents;
 
@@ -114,11 +115,22 @@ public sealed class RdmaConnection : IDisposable
         // Whether the grant still stood when the peer erred: a grant whose region a lease break revoked (or that ended)
         // fails the writes a peer had in flight, which is no misbehaviour; a standing one means the peer used a key or
         // range it was never given.
-        bool grantEnded = _grant is { } g && (g.Region.Revocation is not null || g.Region.IsDisposed);
-        _grant?.Revoke();
+        // Ended by the application (Revoke) or the region's end (a lease break) counts as ended; ended by this connection
+        // on the peer's own disconnect or error does not (the device may report the error after the peer left).
+        bool grantEnded = _grant is { } g && ((g.IsRevoked && !_revokedByConnection) || g.Region.Revocation is not null || g.Region.IsDisposed);
+        RevokeGrant();
         VerbsMetrics.PeerError(RemoteEndPoint.Address, error, grantEnded);
         if (!_disposed)
             PeerError?.Invoke(this, new RdmaPeerErrorEventArgs(error, RemoteEndPoint, qpn, grantEnded));
+    }
+
+    void RevokeGrant()
+    {
+        if (_grant is { IsRevoked: false } g)
+        {
+            _revokedByConnection = true;
+            g.Revoke();
+        }
     }
 
     // The device reports an error on its event thread, and the peer's disconnect (which ends this connection) can be
@@ -326,7 +338,7 @@ public sealed class RdmaConnection : IDisposable
                 {
                     bool byPeer = !_localDisconnect;
                     MoveQueuePairToError();
-                    _grant?.Revoke();
+                    RevokeGrant();
                     if (byPeer && !_disposed)
                         _ = _id.Disconnect();   // answers the peer's DREQ at once (a DREP), rather than at destroy
                     DisconnectedByPeer = byPeer;
@@ -423,7 +435,7 @@ public sealed class RdmaConnection : IDisposable
             return;
         _disposed = true;
         StopWatchingSoon();
-        _grant?.Revoke();
+        RevokeGrant();
         _id.Dispose();            // rdma_destroy_id: waits for nothing of ours (every event was acknowledged on arrival)
         _id.Channel.Dispose();
         _events.Writer.TryComplete();

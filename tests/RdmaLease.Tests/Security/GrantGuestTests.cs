@@ -41,10 +41,10 @@ public class GrantGuestTests
         {
             Assert.That(error.Error, Is.EqualTo(AsyncEventType.QpAccessError));
             Assert.That(error.GrantEnded, Is.False, "b's own grant stood: the key was never given to b");
-            Assert.That(error.QueuePairNumber, Is.EqualTo(server.Connections[1].QueuePair.QueuePairNumber), "reported on b's connection, not a's");
+            Assert.That(error.QueuePairNumber, Is.EqualTo(server.Connection(1).QueuePair.QueuePairNumber), "reported on b's connection, not a's");
             Assert.That(VerbsMetrics.PeerErrors, Is.GreaterThan(before), "peer_errors counted it");
-            Assert.That(server.Connections[1].Grant!.IsRevoked, "the erring peer's grant is revoked");
-            Assert.That(server.Connections[0].Grant!.IsRevoked, Is.False, "a's grant is untouched");
+            Assert.That(server.Connection(1).Grant!.IsRevoked, "the erring peer's grant is revoked");
+            Assert.That(server.Connection(0).Grant!.IsRevoked, Is.False, "a's grant is untouched");
         });
         Assert.That(await a.WriteAsync(a.Grant, 8192, seed: 3), Is.EqualTo(WorkCompletionStatus.Success), "a still writes");
         expected = MemorySlot.Expect(8192, seed: 3, expected);
@@ -75,7 +75,7 @@ public class GrantGuestTests
                 await p.Connection.DisconnectAsync();
             }
             keys.Add(old.RemoteKey);
-            GrantServer.Eventually(() => server.Connections[0].Grant!.IsRevoked, "the server revoked the grant at the disconnect");
+            GrantServer.Eventually(() => server.Connection(0).Grant!.IsRevoked, "the server revoked the grant at the disconnect");
             using (var p = await Peer.ConnectAsync(server))
             {
                 keys.Add(p.Grant.RemoteKey);
@@ -86,7 +86,7 @@ public class GrantGuestTests
             using (var p = await Peer.ConnectAsync(server))
             {
                 keys.Add(p.Grant.RemoteKey);
-                var conn = server.Connections[^1];
+                var conn = server.Connection(2);
                 old = p.Grant;
                 conn.Grant!.Revoke();
                 using var again = await conn.QueuePair.GrantAsync(server.Region, AccessFlags.RemoteWrite);
@@ -104,7 +104,7 @@ public class GrantGuestTests
                 var probe = RunProbe(TimeSpan.FromSeconds(60), "truncate", path, Size.ToString(System.Globalization.CultureInfo.InvariantCulture));
                 Assert.That(probe.Ok, Is.True, probe.Output);
                 Assert.That(broke.Task.Wait(TimeSpan.FromSeconds(60)), Is.True, "the lease broke");
-                Assert.That(server.Connections[^1].Grant!.IsRevoked, "the grant died with its region");
+                Assert.That(server.Connection(3).Grant!.IsRevoked, "the grant died with its region");
             }
             leased!.Dispose();
             lease.Dispose();
@@ -165,14 +165,63 @@ public class GrantGuestTests
         });
     }
 
+    /// <summary>
+    /// The sweep aimed at a live grant: an attacker tries all 256 keys of a peer's window index (its exact key among
+    /// them), reconnecting after each error, while that peer keeps writing through its grant: every one of the peer's
+    /// writes succeeds and lands, and the server reports no error on the peer's connection.
+    /// </summary>
+    [TestCase("anonymous")]
+    [TestCase("fsdax")]
+    public async Task ASweepOfAPeersKeysDoesNotDisturbThatPeer(string kind)
+    {
+        using var memory = new MemorySlot(kind);
+        using var server = new GrantServer(pd => memory.Register(pd), kind == "fsdax" ? AccessFlags.RemoteWrite | AccessFlags.FlushPersistent : AccessFlags.RemoteWrite);
+        using var a = await Peer.ConnectAsync(server);
+        var aConnection = server.Connection(0);
+        var sweep = new KeySweep(server.EndPoint, Cm.DeviceName, [], GrantServer.Decode);
+        var attempts = KeySweep.KeysAround(a.Grant.RemoteKey, 0, 0).Select(k => (k, a.Grant.Address + 4096)).ToList();
+        var attack = sweep.RunAsync(attempts, 4);
+        var statuses = new List<WorkCompletionStatus>();
+        var expected = new byte[Size];
+        int writes = 0;
+        while (!attack.IsCompleted)
+        {
+            int offset = 8192 + (writes % 8) * 4096;
+            statuses.Add(await a.WriteAsync(a.Grant, (ulong)offset, seed: 10 + writes));
+            if (kind == "fsdax" && statuses[^1] == WorkCompletionStatus.Success)
+                statuses.Add(await a.FlushAsync(a.Grant, (ulong)offset));
+            if (statuses[^1] != WorkCompletionStatus.Success)
+                break;
+            MemorySlot.Expect(offset, 10 + writes, expected);
+            writes++;
+        }
+        var result = await attack;
+        TestContext.Out.WriteLine($"sweep of a's index 0x{a.Grant.RemoteKey >> 8:x} (a's key 0x{a.Grant.RemoteKey:x}): {result}; a wrote {writes} times meanwhile: {string.Join(",", statuses.Distinct())}");
+        TestContext.Out.WriteLine($"server errors: {server.Errors.Count}, on a's connection: " + string.Join("; ", server.Errors.Where(e => e.QueuePairNumber == aConnection.QueuePair.QueuePairNumber)));
+        Assert.Multiple(() =>
+        {
+            Assert.That(result.Succeeded, Is.Zero);
+            Assert.That(statuses, Is.All.EqualTo(WorkCompletionStatus.Success), "a's writes through its own grant during the sweep");
+            Assert.That(server.Errors.Where(e => e.QueuePairNumber == aConnection.QueuePair.QueuePairNumber), Is.Empty, "no error reported on a's connection");
+            Assert.That(aConnection.Grant!.IsRevoked, Is.False, "a's grant stands");
+        });
+        Patterns.AssertEqual(memory.Span[8192..], expected.AsSpan(8192), "a's writes, byte for byte");
+        Assert.That(memory.Span[..8192].IndexOfAnyExcept((byte)0), Is.EqualTo(-1), "nothing of the attacker's");
+    }
+
     [Test]
     public void AGrantNeedsAConnectedRcQueuePairAndRemoteOperationsOnly()
     {
         using var pair = RcPair.Loopback();
         using var region = pair.PdB.AllocateBuffer(4096, GrantedRegion);
         int users = KernelView.ProtectionDomainUsers();
-        var idle = pair.PdB.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = pair.CqB, ReceiveCompletionQueue = pair.CqB });
+        using var idleCq = pair.DeviceB.CreateCompletionQueue(4);
+        var idle = pair.PdB.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = idleCq, ReceiveCompletionQueue = idleCq });
         var e1 = Assert.ThrowsAsync<InvalidOperationException>(() => idle.GrantAsync(region, AccessFlags.RemoteWrite));
+        var shared = pair.PdB.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = pair.CqB, ReceiveCompletionQueue = pair.CqB });
+        var e5 = Assert.ThrowsAsync<InvalidOperationException>(() => pair.B.GrantAsync(region, AccessFlags.RemoteWrite));
+        Assert.That(e5!.Message, Does.Contain("is the send completion queue of 2 queue pairs"));
+        shared.Dispose();
         Assert.That(e1!.Message, Does.Contain("is Reset").And.Contain("RTS"));
         var e2 = Assert.ThrowsAsync<ArgumentException>(() => pair.B.GrantAsync(region, AccessFlags.LocalWrite | AccessFlags.RemoteWrite));
         Assert.That(e2!.Message, Does.Contain("remote operations only"));
@@ -220,6 +269,12 @@ public class GrantGuestTests
             return await WaitAsync();
         }
 
+        public async Task<WorkCompletionStatus> FlushAsync(RemoteRegion target, ulong offset)
+        {
+            Connection.QueuePair.PostFlush(3, target, offset, 4096);
+            return await WaitAsync();
+        }
+
         public async Task<WorkCompletionStatus> ReadAsync(RemoteRegion source, ulong offset)
         {
             Connection.QueuePair.PostRead(2, _buffer.Slice(0, 4096), source, offset);
@@ -241,14 +296,27 @@ public class GrantGuestTests
         }
     }
 
-    /// <summary>Anonymous memory registered for grants (no remote access of its own), and what it should hold.</summary>
-    sealed class MemorySlot : IDisposable
+    /// <summary>Memory registered for grants (no remote access of its own): anonymous, or a leased FS-DAX file (ODP).</summary>
+    sealed class MemorySlot(string kind = "anonymous") : IDisposable
     {
         RegisteredBuffer? _buffer;
+        RdmaLease.Tests.Leases.TempDir? _dir;
+        DaxFile? _file;
+        FileLease? _lease;
+        LeasedMemoryRegion? _leased;
 
-        public MemoryRegion Register(ProtectionDomain pd) => _buffer = pd.AllocateBuffer(Size, GrantedRegion);
+        public MemoryRegion Register(ProtectionDomain pd)
+        {
+            if (kind == "anonymous")
+                return _buffer = pd.AllocateBuffer(Size, GrantedRegion);
+            _dir = CreateTempDir("/mnt/xfs");
+            _file = LeasedRdma.OpenFile(_dir.File("f"), "/mnt/xfs", Size);
+            _lease = _file.AcquireLease();
+            _leased = pd.Register(_lease, GrantedRegion);   // no FLUSH of its own: the grant's window carries it
+            return _leased.Region;
+        }
 
-        public Span<byte> Span => _buffer!.Span;
+        public Span<byte> Span => _buffer is { } b ? b.Span : _file!.Span;
 
         public static byte[] Expect(int offset, int seed, byte[]? before = null)
         {
@@ -259,6 +327,10 @@ public class GrantGuestTests
 
         public void Dispose()
         {
+            _leased?.Dispose();
+            _lease?.Dispose();
+            _file?.Dispose();
+            _dir?.Dispose();
         }
     }
 }

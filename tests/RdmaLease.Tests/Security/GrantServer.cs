@@ -43,6 +43,13 @@ internal sealed class GrantServer : IDisposable
         }
     }
 
+    /// <summary>The <paramref name="index"/>th connection accepted, waiting for it (the server's accept completes a little after the peer's connect).</summary>
+    public RdmaConnection Connection(int index)
+    {
+        Eventually(() => Connections.Count > index, $"the server accepted connection {index}");
+        return Connections[index];
+    }
+
     /// <summary>What <see cref="RdmaConnection.PeerError"/> reported, in order.</summary>
     public List<RdmaPeerErrorEventArgs> Errors
     {
