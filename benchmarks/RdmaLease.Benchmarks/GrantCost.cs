@@ -1,8 +1,9 @@
 // `grants DEVICE ITERATIONS`: the cost question of issue 15 (trust model). A server isolating peers with type 2 memory
 // windows over leased ODP regions, against one giving each peer a protection domain with its area registered again in
 // it: registration, window grant and revocation from 4 KiB to 1 GiB, and the per-operation cost of an RDMA WRITE through
-// a window. Each row is the median and p90 of ITERATIONS repetitions after warm-up; under TCG only ratios within one
-// run mean anything (docs/interop.md).
+// a window. Each row is the median and p90 of ITERATIONS repetitions after warm-up. Each repetition is one round over
+// every size and every row, so a burst of load from outside the guest falls on all of them alike; under TCG only ratios
+// within one run mean anything (docs/interop.md).
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -25,9 +26,11 @@ static unsafe class GrantCost
     // The alternative: the peer's own PD, its area registered with the rights the peer is given.
     const AccessFlags PeerRegion = AccessFlags.LocalWrite | AccessFlags.RemoteWrite | AccessFlags.FlushPersistent;
 
-    static readonly List<(string Row, ulong Size, bool Anonymous, double Median, double P90)> Results = [];
+    // Each (row, size): whether its memory is the anonymous stand-in, and one time per repetition, in rows' first order.
+    static readonly Dictionary<(string Row, ulong Size), (bool Anonymous, List<long> Ticks)> Samples = [];
+    static readonly List<(string Row, ulong Size)> Order = [];
     static readonly List<string> WriteRows = [];   // markdown rows of the RDMA WRITE table
-    static bool _reporting;
+    static bool _recording;
 
     /// <summary>Where an ODP row's region lies: the leased file up to its size, anonymous memory beyond.</summary>
     sealed class Areas(FileLease lease, void* anonymous)
@@ -73,30 +76,46 @@ static unsafe class GrantCost
             var fresh = new Areas(lease, untouched);
             var mapped = new Areas(lease, written);
 
-            // A whole unreported round at 4 KiB first, so every path runs tier-1 code (tiered JIT) when measured.
-            Sweep(device, pd, b, cq, fresh, written, 4 * KiB, Math.Max(iterations, 30));
-            _reporting = true;
-            foreach (ulong size in Sizes)
+            // A whole unrecorded pass at 4 KiB first, so every path runs tier-1 code (tiered JIT) when measured.
+            using (var region = fresh.Register(pd, 4 * KiB, WindowRegion))
             {
-                t = Stopwatch.GetTimestamp();
-                Sweep(device, pd, b, cq, fresh, written, size, iterations);
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"grants: {Size(size)} done in {Seconds(t):F1} s"));
+                for (int i = 0; i < Math.Max(iterations, 30); i++)
+                    Round(device, pd, b, cq, fresh, written, 4 * KiB, region);
             }
+            // The regions the windows are bound to, one per size, registered throughout.
+            var windowRegions = Sizes.Select(size => fresh.Register(pd, size, WindowRegion)).ToArray();
+            t = Stopwatch.GetTimestamp();
+            for (int i = -Warmup; i < iterations; i++)
+            {
+                _recording = i >= 0;
+                for (int k = 0; k < Sizes.Length; k++)
+                    Round(device, pd, b, cq, fresh, written, Sizes[k], windowRegions[k]);
+            }
+            foreach (var region in windowRegions)
+                region.Dispose();
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"grants: {iterations + Warmup} rounds over every size in {Seconds(t):F1} s"));
 
             // rxe's ODP registration copies the pages already mapped in the range into the device's table (and the
             // deregistration unmaps them): again once every page of the file is mapped, as after a peer wrote them all.
             t = Stopwatch.GetTimestamp();
             MapEveryPage(pd, lease);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"grants: every page of the file mapped in {Seconds(t):F1} s"));
-            foreach (ulong size in Sizes)
+            t = Stopwatch.GetTimestamp();
+            for (int i = -Warmup; i < iterations; i++)
             {
-                const string Mapped = ", every page mapped";
-                Registration($"register ODP{Mapped}", $"deregister ODP{Mapped}", size, !mapped.OnFile(size), iterations, () => mapped.Register(pd, size, WindowRegion));
-                if (size == FileSize)
-                    Registration($"register ODP{Mapped}, anonymous", $"deregister ODP{Mapped}, anonymous", size, true, iterations,
-                        () => pd.Register(written, size, AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind | AccessFlags.OnDemand));
-                PdPerPeer(device, size, !mapped.OnFile(size), iterations, Mapped, domain => mapped.Register(domain, size, PeerRegion));
+                _recording = i >= 0;
+                foreach (ulong size in Sizes)
+                {
+                    const string Mapped = ", every page mapped";
+                    bool anonymous = !mapped.OnFile(size);
+                    Registration($"register ODP{Mapped}", $"deregister ODP{Mapped}", size, anonymous, () => mapped.Register(pd, size, WindowRegion));
+                    if (size == FileSize)
+                        Registration($"register ODP{Mapped}, anonymous", $"deregister ODP{Mapped}, anonymous", size, true,
+                            () => pd.Register(written, size, AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind | AccessFlags.OnDemand));
+                    PdPerPeer(device, size, anonymous, Mapped, domain => mapped.Register(domain, size, PeerRegion));
+                }
             }
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"grants: {iterations + Warmup} rounds with every page mapped in {Seconds(t):F1} s"));
             Writes(pd, a, b, cq, lease, iterations);
         }
         finally
@@ -108,117 +127,88 @@ static unsafe class GrantCost
             }
             Directory.Delete(dir, recursive: true);
         }
-        PrintTable();
+        Report();
     }
 
-    /// <summary>Every row of one size, the device having mapped nothing of the ODP regions' memory yet.</summary>
-    static void Sweep(Device device, ProtectionDomain pd, QueuePair qp, CompletionQueue cq, Areas fresh, void* written, ulong size, int iterations)
+    /// <summary>One repetition of every row of one size, nothing of the ODP regions' memory mapped yet.</summary>
+    static void Round(Device device, ProtectionDomain pd, QueuePair qp, CompletionQueue cq, Areas fresh, void* written, ulong size, IDisposable windowRegion)
     {
         bool anonymous = !fresh.OnFile(size);
-        Registration("register ODP", "deregister ODP", size, anonymous, iterations, () => fresh.Register(pd, size, WindowRegion));
+        Registration("register ODP", "deregister ODP", size, anonymous, () => fresh.Register(pd, size, WindowRegion));
         if (size == FileSize)   // the bridge to the 1 GiB point
-            Registration("register ODP, anonymous", "deregister ODP, anonymous", size, true, iterations,
+            Registration("register ODP, anonymous", "deregister ODP, anonymous", size, true,
                 () => pd.Register(fresh.Anonymous, size, AccessFlags.LocalWrite | AccessFlags.MemoryWindowBind | AccessFlags.OnDemand));
-        Registration("register pinned (anonymous)", "deregister pinned (anonymous)", size, false, iterations,
+        Registration("register pinned (anonymous)", "deregister pinned (anonymous)", size, false,
             () => pd.Register(written, size, AccessFlags.LocalWrite | AccessFlags.RemoteWrite));
-        PdPerPeer(device, size, anonymous, iterations, "", domain => fresh.Register(domain, size, PeerRegion));
-        using var region = fresh.Register(pd, size, WindowRegion);
-        Windows(pd, qp, cq, region is LeasedMemoryRegion leased ? leased.Region : (MemoryRegion)region, size, anonymous, iterations);
+        PdPerPeer(device, size, anonymous, "", domain => fresh.Register(domain, size, PeerRegion));
+        Window(pd, qp, cq, windowRegion is LeasedMemoryRegion leased ? leased.Region : (MemoryRegion)windowRegion, size, anonymous);
     }
 
-    /// <summary>Register, then deregister, <paramref name="iterations"/> times; each timed on its own.</summary>
-    static void Registration(string registerRow, string deregisterRow, ulong size, bool anonymous, int iterations, Func<IDisposable> register)
+    /// <summary>Register, then deregister; each timed on its own.</summary>
+    static void Registration(string registerRow, string deregisterRow, ulong size, bool anonymous, Func<IDisposable> register)
     {
-        var reg = new long[iterations];
-        var dereg = new long[iterations];
-        for (int i = -Warmup; i < iterations; i++)
-        {
-            long t0 = Stopwatch.GetTimestamp();
-            var region = register();
-            long t1 = Stopwatch.GetTimestamp();
-            region.Dispose();
-            long t2 = Stopwatch.GetTimestamp();
-            if (i >= 0)
-                (reg[i], dereg[i]) = (t1 - t0, t2 - t1);
-        }
-        Report(registerRow, size, anonymous, reg);
-        Report(deregisterRow, size, anonymous, dereg);
+        long t0 = Stopwatch.GetTimestamp();
+        var region = register();
+        long t1 = Stopwatch.GetTimestamp();
+        region.Dispose();
+        long t2 = Stopwatch.GetTimestamp();
+        Record(registerRow, size, anonymous, t1 - t0);
+        Record(deregisterRow, size, anonymous, t2 - t1);
     }
 
     /// <summary>
     /// A PD per peer: allocate a protection domain, register the peer's area in it, deregister, deallocate. (The peer's
     /// QP is created in either design, so it is not counted.)
     /// </summary>
-    static void PdPerPeer(Device device, ulong size, bool anonymous, int iterations, string suffix, Func<ProtectionDomain, IDisposable> register)
+    static void PdPerPeer(Device device, ulong size, bool anonymous, string suffix, Func<ProtectionDomain, IDisposable> register)
     {
-        var steps = new long[4][];
-        for (int s = 0; s < steps.Length; s++)
-            steps[s] = new long[iterations];
-        var total = new long[iterations];
-        for (int i = -Warmup; i < iterations; i++)
-        {
-            long t0 = Stopwatch.GetTimestamp();
-            var domain = device.AllocateProtectionDomain();
-            long t1 = Stopwatch.GetTimestamp();
-            var region = register(domain);
-            long t2 = Stopwatch.GetTimestamp();
-            region.Dispose();
-            long t3 = Stopwatch.GetTimestamp();
-            domain.Dispose();
-            long t4 = Stopwatch.GetTimestamp();
-            if (i < 0)
-                continue;
-            (steps[0][i], steps[1][i], steps[2][i], steps[3][i], total[i]) = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0);
-        }
+        long t0 = Stopwatch.GetTimestamp();
+        var domain = device.AllocateProtectionDomain();
+        long t1 = Stopwatch.GetTimestamp();
+        var region = register(domain);
+        long t2 = Stopwatch.GetTimestamp();
+        region.Dispose();
+        long t3 = Stopwatch.GetTimestamp();
+        domain.Dispose();
+        long t4 = Stopwatch.GetTimestamp();
         if (suffix.Length == 0)   // what is mapped changes the registration only
-            Report("pd-per-peer alloc PD", size, false, steps[0]);
-        Report($"pd-per-peer register ODP in it{suffix}", size, anonymous, steps[1]);
-        Report($"pd-per-peer deregister{suffix}", size, anonymous, steps[2]);
+            Record("pd-per-peer alloc PD", size, false, t1 - t0);
+        Record($"pd-per-peer register ODP in it{suffix}", size, anonymous, t2 - t1);
+        Record($"pd-per-peer deregister{suffix}", size, anonymous, t3 - t2);
         if (suffix.Length == 0)
-            Report("pd-per-peer dealloc PD", size, false, steps[3]);
-        Report($"pd-per-peer total (grant + revoke){suffix}", size, anonymous, total);
+            Record("pd-per-peer dealloc PD", size, false, t4 - t3);
+        Record($"pd-per-peer total (grant + revoke){suffix}", size, anonymous, t4 - t0);
     }
 
     /// <summary>
     /// A window's life over <paramref name="region"/>: ibv_alloc_mw, bind through <paramref name="qp"/> (RC, RTS) to its
     /// completion, local invalidate to its completion, rebind to its completion, ibv_dealloc_mw of the bound window.
     /// </summary>
-    static void Windows(ProtectionDomain pd, QueuePair qp, CompletionQueue cq, MemoryRegion region, ulong size, bool anonymous, int iterations)
+    static void Window(ProtectionDomain pd, QueuePair qp, CompletionQueue cq, MemoryRegion region, ulong size, bool anonymous)
     {
-        var steps = new long[5][];
-        for (int s = 0; s < steps.Length; s++)
-            steps[s] = new long[iterations];
-        var grant = new long[iterations];
         var one = new WorkCompletion[1];
-        for (int i = -Warmup; i < iterations; i++)
-        {
-            long t0 = Stopwatch.GetTimestamp();
-            var window = pd.AllocateMemoryWindow();
-            long t1 = Stopwatch.GetTimestamp();
-            var remote = qp.PostBindMemoryWindow(1, window, region, 0, region.Length, AccessFlags.RemoteWrite);
-            InteropCost.Wait(cq, one, WorkCompletionOpcode.BindMemoryWindow);
-            long t2 = Stopwatch.GetTimestamp();
-            qp.PostLocalInvalidate(2, window);
-            InteropCost.Wait(cq, one, WorkCompletionOpcode.LocalInvalidate);
-            long t3 = Stopwatch.GetTimestamp();
-            var again = qp.PostBindMemoryWindow(3, window, region, 0, region.Length, AccessFlags.RemoteWrite);
-            InteropCost.Wait(cq, one, WorkCompletionOpcode.BindMemoryWindow);
-            long t4 = Stopwatch.GetTimestamp();
-            window.Dispose();
-            long t5 = Stopwatch.GetTimestamp();
-            if (remote.Length != size || again.RemoteKey == remote.RemoteKey)
-                throw new InvalidOperationException($"bound {remote} then {again} over a {size}-byte region");
-            if (i < 0)
-                continue;
-            (steps[0][i], steps[1][i], steps[2][i], steps[3][i], steps[4][i]) = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4);
-            grant[i] = t2 - t0;
-        }
-        Report("window ibv_alloc_mw", size, anonymous, steps[0]);
-        Report("window bind + completion", size, anonymous, steps[1]);
-        Report("window grant (alloc_mw + bind + completion)", size, anonymous, grant);
-        Report("window revoke (a): local invalidate + completion", size, anonymous, steps[2]);
-        Report("window rebind of the invalidated window + completion", size, anonymous, steps[3]);
-        Report("window revoke (b): ibv_dealloc_mw of the bound window", size, anonymous, steps[4]);
+        long t0 = Stopwatch.GetTimestamp();
+        var window = pd.AllocateMemoryWindow();
+        long t1 = Stopwatch.GetTimestamp();
+        var remote = qp.PostBindMemoryWindow(1, window, region, 0, region.Length, AccessFlags.RemoteWrite);
+        InteropCost.Wait(cq, one, WorkCompletionOpcode.BindMemoryWindow);
+        long t2 = Stopwatch.GetTimestamp();
+        qp.PostLocalInvalidate(2, window);
+        InteropCost.Wait(cq, one, WorkCompletionOpcode.LocalInvalidate);
+        long t3 = Stopwatch.GetTimestamp();
+        var again = qp.PostBindMemoryWindow(3, window, region, 0, region.Length, AccessFlags.RemoteWrite);
+        InteropCost.Wait(cq, one, WorkCompletionOpcode.BindMemoryWindow);
+        long t4 = Stopwatch.GetTimestamp();
+        window.Dispose();
+        long t5 = Stopwatch.GetTimestamp();
+        if (remote.Length != size || again.RemoteKey == remote.RemoteKey)
+            throw new InvalidOperationException($"bound {remote} then {again} over a {size}-byte region");
+        Record("window ibv_alloc_mw", size, anonymous, t1 - t0);
+        Record("window bind + completion", size, anonymous, t2 - t1);
+        Record("window grant (alloc_mw + bind + completion)", size, anonymous, t2 - t0);
+        Record("window revoke (a): local invalidate + completion", size, anonymous, t3 - t2);
+        Record("window rebind of the invalidated window + completion", size, anonymous, t4 - t3);
+        Record("window revoke (b): ibv_dealloc_mw of the bound window", size, anonymous, t5 - t4);
     }
 
     /// <summary>
@@ -244,7 +234,7 @@ static unsafe class GrantCost
         foreach (uint length in new uint[] { 64, 4096 })
         {
             long[][] ops = [new long[Chunks * perChunk], new long[Chunks * perChunk]];   // each write, post to completion
-            for (int round = 0; round < 2; round++)   // the first round (2 chunks) warms up the JIT and faults the pages in
+            for (int round = 0; round < 2; round++)   // the first round (2 chunks) warms up the JIT and the pages
             {
                 for (int c = 0; c < (round == 0 ? 2 : Chunks); c++)
                 {
@@ -279,7 +269,6 @@ static unsafe class GrantCost
                 string line = string.Create(CultureInfo.InvariantCulture,
                     $"write {length} B, {labels[k]} | {median[k]:F1} | {p90:F1} | {mean:F1} | {1e6 / mean:F0} | {ops[k].Length}");
                 WriteRows.Add(line + (k == 1 ? string.Create(CultureInfo.InvariantCulture, $" | {median[1] / median[0]:F3}") : " | "));
-                Console.WriteLine($"grants {line}");
             }
         }
         window.Dispose();   // before the region's deregistration (the kernel refuses while a window is bound)
@@ -353,31 +342,39 @@ static unsafe class GrantCost
         return memory;
     }
 
-    static void Report(string row, ulong size, bool anonymous, long[] ticks)
+    static void Record(string row, ulong size, bool anonymous, long ticks)
     {
-        if (!_reporting)
+        if (!_recording)
             return;
-        Array.Sort(ticks);
-        double median = Micros(ticks.Length % 2 == 1 ? ticks[ticks.Length / 2] : (ticks[ticks.Length / 2 - 1] + ticks[ticks.Length / 2]) / 2);
-        double p90 = Micros(ticks[Math.Min(ticks.Length - 1, (int)Math.Ceiling(ticks.Length * 0.9) - 1)]);
-        Results.Add((row, size, anonymous, median, p90));
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"grants {row} {Size(size)}{(anonymous ? " anonymous" : "")}: median {median:F1} p90 {p90:F1} (n {ticks.Length})"));
+        if (!Samples.TryGetValue((row, size), out var samples))
+        {
+            Samples[(row, size)] = samples = (anonymous, []);
+            Order.Add((row, size));
+        }
+        samples.Ticks.Add(ticks);
     }
 
-    /// <summary>The medians (and p90) again as one markdown table, rows by measurement, columns by size.</summary>
-    static void PrintTable()
+    /// <summary>Each row's median and p90, then the medians (and p90) as one markdown table, rows by measurement, columns by size.</summary>
+    static void Report()
     {
+        var results = new Dictionary<(string Row, ulong Size), string>();
+        foreach (var key in Order)
+        {
+            var (anonymous, ticks) = Samples[key];
+            ticks.Sort();
+            double median = Micros(ticks.Count % 2 == 1 ? ticks[ticks.Count / 2] : (ticks[ticks.Count / 2 - 1] + ticks[ticks.Count / 2]) / 2);
+            double p90 = Micros(ticks[(int)Math.Ceiling(ticks.Count * 0.9) - 1]);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"grants {key.Row} {Size(key.Size)}{(anonymous ? " anonymous" : "")}: median {median:F1} p90 {p90:F1} (n {ticks.Count})"));
+            results[key] = $"{Format(median)} ({Format(p90)}){(anonymous ? " *" : "")}";
+        }
+        foreach (var row in WriteRows)
+            Console.WriteLine($"grants {row}");
         Console.WriteLine();
         Console.WriteLine("| us, median (p90) | " + string.Join(" | ", Sizes.Select(Size)) + " |");
         Console.WriteLine("|---|" + string.Concat(Sizes.Select(_ => "---:|")));
-        foreach (var row in Results.Select(r => r.Row).Distinct())
-        {
-            var cells = Sizes.Select(s => Results.FirstOrDefault(r => r.Row == row && r.Size == s) is { Row: not null } r
-                ? string.Create(CultureInfo.InvariantCulture, $"{Format(r.Median)} ({Format(r.P90)}){(r.Anonymous ? " *" : "")}")
-                : "");
-            Console.WriteLine($"| {row} | " + string.Join(" | ", cells) + " |");
-        }
+        foreach (var row in Order.Select(k => k.Row).Distinct())
+            Console.WriteLine($"| {row} | " + string.Join(" | ", Sizes.Select(s => results.GetValueOrDefault((row, s), ""))) + " |");
         Console.WriteLine("* anonymous memory (MAP_NORESERVE; written first in the \"every page mapped\" rows), not the leased file");
         Console.WriteLine();
         Console.WriteLine("| RDMA WRITE into the leased file, signaled, one outstanding | median us/op | p90 | mean us/op | ops/s (mean) | ops | window / region (medians) |");
