@@ -39,7 +39,8 @@ usage: ./build.sh VERB [ARGS]
   vm [--share DIR] -- CMD...
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository);
                   --share DIR: a folder of yours, read-write at /mnt/share (your own programs, their output)
-  bench [N]       boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000)
+  bench [N [M]]   boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000), then
+                  the memory-window grant costs of issue 15 (RdmaLease.Benchmarks grants, M iterations, default 100)
   pack            make the NuGet packages (RdmaLease.Verbs, RdmaLease.Leases, RdmaLease.Hosting) in artifacts/packages
   aot             publish samples/Demo with NativeAOT (trimming and AOT warnings are errors) to artifacts/aot
   consumer        build a fresh console project against artifacts/packages (a local folder feed,
@@ -274,8 +275,9 @@ case $verb in
         done
         [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm [--share DIR] -- CMD..."
         setup >/dev/null; run_guest "${vm_args[@]}" -- "$@" ;;
-    bench) setup; build; n=${1:-20000}
-        run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll interop rxelo $n" ;;
+    bench) setup; build; n=${1:-20000} m=${2:-100}
+        bench_dll=artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll
+        run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec $bench_dll interop rxelo $n && dotnet exec $bench_dll grants rxelo $m" ;;
     pack) pack ;;
     aot) aot ;;
     consumer) consumer ;;

@@ -2,6 +2,7 @@
 // measured the same way as benchmarks/c/verbs_cost.c so both run in one guest (./build.sh bench)
 // and only ratios are compared (the guest runs under TCG emulation); then the per-post cost of the
 // ODP quirk (docs/known-defects.md), on the same device opened with and without it.
+// `grants DEVICE ITERATIONS [DIRECTORY]`: memory-window grants against registrations (GrantCost.cs).
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -10,14 +11,20 @@ using System.Runtime.InteropServices;
 using RdmaLease.Interop;
 using RdmaLease.Verbs;
 
-if (args.Length != 3 || args[0] != "interop")
+bool interop = args.Length == 3 && args[0] == "interop";
+bool grants = args.Length is 3 or 4 && args[0] == "grants";
+if (!interop && !grants)
 {
-    Console.Error.WriteLine("usage: RdmaLease.Benchmarks interop DEVICE ITERATIONS");
+    Console.Error.WriteLine("usage: RdmaLease.Benchmarks interop DEVICE ITERATIONS\n" +
+        "       RdmaLease.Benchmarks grants DEVICE ITERATIONS [DIRECTORY on FS-DAX, default /mnt/xfs]");
     return 2;
 }
 // This assembly imports the verbs shim itself (below): through the library's one resolver, like every rdma-lease load.
 NativeLibraries.RegisterResolver(typeof(InteropCost).Assembly, NativeLibraries.VerbsShimInfo);
-InteropCost.Run(args[1], long.Parse(args[2], CultureInfo.InvariantCulture));
+if (interop)
+    InteropCost.Run(args[1], long.Parse(args[2], CultureInfo.InvariantCulture));
+else
+    GrantCost.Run(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), args.Length == 4 ? args[3] : "/mnt/xfs");
 return 0;
 
 static unsafe partial class InteropCost
@@ -149,7 +156,7 @@ static unsafe partial class InteropCost
     }
 
     /// <summary>Two RC queue pairs in <paramref name="pd"/> connected to each other over 127.0.0.1 (disposed with the PD).</summary>
-    static (QueuePair A, QueuePair B) LoopbackPair(ProtectionDomain pd, CompletionQueue cq, Mtu? pathMtu)
+    internal static (QueuePair A, QueuePair B) LoopbackPair(ProtectionDomain pd, CompletionQueue cq, Mtu? pathMtu)
     {
         var options = new QueuePairOptions { SendCompletionQueue = cq, ReceiveCompletionQueue = cq };
         var a = pd.CreateQueuePair(options);
@@ -322,7 +329,7 @@ static unsafe partial class InteropCost
         return (bind, invalidate, dereg, reg);
     }
 
-    static void Wait(CompletionQueue cq, WorkCompletion[] one, WorkCompletionOpcode opcode)
+    internal static void Wait(CompletionQueue cq, WorkCompletion[] one, WorkCompletionOpcode opcode)
     {
         while (cq.Poll(one) == 0) { }
         if (!one[0].IsSuccess || one[0].Opcode != opcode)
