@@ -60,7 +60,9 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
                 backoff = TimeSpan.FromMilliseconds(200);
                 await PumpAsync(qp, cq, records, advert, ct).ConfigureAwait(false);
             }
-            catch (RdmaConnectionRejectedException e) when (e.IsConsumerReject && !Reason(e).StartsWith("retry", StringComparison.Ordinal))
+            // A final refusal carries a reason; an empty one is a request the server dropped unanswered (a lease break
+            // during its accept, which it logs as "it will retry"): retry that too.
+            catch (RdmaConnectionRejectedException e) when (e.IsConsumerReject && Reason(e).Length > 0 && !Reason(e).StartsWith("retry", StringComparison.Ordinal))
             {
                 output.WriteLine($"PmemStore write: client {options.ClientId}: the server refused: {Reason(e)}");
                 return 2;
