@@ -9,6 +9,12 @@
 //     punch OFFSET LENGTH      open O_RDWR, fallocate(PUNCH_HOLE|KEEP_SIZE)
 //     collapse OFFSET LENGTH   open O_RDWR, fallocate(COLLAPSE_RANGE)
 //     clone SOURCE             open PATH O_RDWR, ioctl(FICLONE, SOURCE): reflink SOURCE onto PATH
+//     clone-from DEST          PATH is the source: open PATH O_RDONLY, create DEST (O_EXCL), ioctl(DEST, FICLONE, PATH)
+//     clonerange-from DEST OFFSET LENGTH   the same with FICLONERANGE: PATH's [OFFSET, OFFSET+LENGTH) to DEST's 0
+//     dedupe-from OTHER OFFSET LENGTH      FIDEDUPERANGE, PATH the source (O_RDONLY), OTHER the destination (O_RDWR)
+//     dedupe-into OTHER OFFSET LENGTH      FIDEDUPERANGE, OTHER the source, PATH the destination opened O_RDONLY
+//                              (allowed for root or the file's owner): PATH's blocks become OTHER's. A range whose
+//                              bytes differ reports "err 52" (EBADE), a partial dedupe "err 34" (ERANGE)
 //     open-each-nonblock PATH...  open(2) O_RDONLY|O_NONBLOCK every PATH as fast as possible: each starts a break of
 //                              the lease on it (EAGAIN at once). "ok" when every open gave EAGAIN (every file was
 //                              leased), else "err" with the first other outcome's errno (0: an open succeeded)
@@ -47,7 +53,7 @@ static long long now_ns(void)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: rdmalease-lease-probe truncate|open-rdonly[-nonblock]|open-rdwr[-nonblock]|open-each-nonblock|unlink|chmod|rename|link|punch|collapse|clone|hold PATH [ARG...]\n");
+    fprintf(stderr, "usage: rdmalease-lease-probe truncate|open-rdonly[-nonblock]|open-rdwr[-nonblock]|open-each-nonblock|unlink|chmod|rename|link|punch|collapse|clone|clone-from|clonerange-from|dedupe-from|dedupe-into|hold PATH [ARG...]\n");
     return 2;
 }
 
@@ -142,6 +148,63 @@ static int hold(const char* path, const char* device)
         pause();
 }
 
+// Closes fds (ignoring -1) keeping errno.
+static void close_keep_errno(int a, int b)
+{
+    int e = errno;
+    if (a >= 0)
+        close(a);
+    if (b >= 0)
+        close(b);
+    errno = e;
+}
+
+// PATH is the source of a clone into DEST, a new file: FICLONE (whole file) or FICLONERANGE (len > 0).
+static int clone_from(const char* path, const char* dest, long long offset, long long len)
+{
+    int src = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = src < 0 ? -1 : open(dest, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int r = -1;
+    if (fd >= 0 && len > 0) {
+        struct file_clone_range range = { .src_fd = src, .src_offset = (uint64_t)offset, .src_length = (uint64_t)len, .dest_offset = 0 };
+        r = ioctl(fd, FICLONERANGE, &range);
+    } else if (fd >= 0)
+        r = ioctl(fd, FICLONE, src);
+    close_keep_errno(fd, src);
+    return r;
+}
+
+// FIDEDUPERANGE of [offset, offset+len) from src_path to the same range of dest_path (dest opened O_RDONLY when
+// dest_rdonly: the kernel allows that to root and the owner).
+static int dedupe(const char* src_path, const char* dest_path, int dest_rdonly, long long offset, long long len)
+{
+    int src = open(src_path, O_RDONLY | O_CLOEXEC);
+    int dst = src < 0 ? -1 : open(dest_path, (dest_rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    int r = -1;
+    if (dst >= 0) {
+        struct { struct file_dedupe_range range; struct file_dedupe_range_info info; } arg;
+        memset(&arg, 0, sizeof arg);
+        arg.range.src_offset = (uint64_t)offset;
+        arg.range.src_length = (uint64_t)len;
+        arg.range.dest_count = 1;
+        arg.info.dest_fd = dst;
+        arg.info.dest_offset = (uint64_t)offset;
+        r = ioctl(src, FIDEDUPERANGE, &arg);
+        if (r == 0 && arg.info.status < 0) {
+            r = -1;
+            errno = -arg.info.status;
+        } else if (r == 0 && arg.info.status == FILE_DEDUPE_RANGE_DIFFERS) {
+            r = -1;
+            errno = EBADE;
+        } else if (r == 0 && arg.info.bytes_deduped != (uint64_t)len) {
+            r = -1;
+            errno = ERANGE;
+        }
+    }
+    close_keep_errno(dst, src);
+    return r;
+}
+
 int main(int argc, char** argv)
 {
     if (argc < 3)
@@ -213,7 +276,15 @@ int main(int argc, char** argv)
         if (src >= 0)
             close(src);
         errno = e;
-    } else
+    } else if (strcmp(op, "clone-from") == 0 && arg)
+        r = clone_from(path, arg, 0, 0);
+    else if (strcmp(op, "clonerange-from") == 0 && arg && argc > 5)
+        r = clone_from(path, arg, strtoll(argv[4], NULL, 0), strtoll(argv[5], NULL, 0));
+    else if (strcmp(op, "dedupe-from") == 0 && arg && argc > 5)
+        r = dedupe(path, arg, 0, strtoll(argv[4], NULL, 0), strtoll(argv[5], NULL, 0));
+    else if (strcmp(op, "dedupe-into") == 0 && arg && argc > 5)
+        r = dedupe(arg, path, 1, strtoll(argv[4], NULL, 0), strtoll(argv[5], NULL, 0));
+    else
         return usage();
     int e = r < 0 ? errno : 0;
     long long end = now_ns();

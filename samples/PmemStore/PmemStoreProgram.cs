@@ -5,11 +5,12 @@ using RdmaLease.Hosting;
 
 namespace RdmaLease.PmemStore;
 
-// PmemStore serve|write|verify (docs/pmem-store.md). Exit codes: 0 ok, 1 failed (records missing or corrupt, a
-// client that could not store everything, an error), 2 bad command line or refused by the server.
+// PmemStore serve|write|verify|snapshot|verify-snapshot (docs/pmem-store.md). Exit codes: 0 ok, 1 failed (records
+// missing or corrupt, a client that could not store everything, a snapshot refused, an error), 2 bad command line or
+// refused by the server.
 public static class PmemStoreProgram
 {
-    /// <summary>Runs <c>serve</c>, <c>write</c> or <c>verify</c> with its command line; returns the exit code.</summary>
+    /// <summary>Runs <c>serve</c>, <c>write</c>, <c>verify</c>, <c>snapshot</c> or <c>verify-snapshot</c> with its command line; returns the exit code.</summary>
     public static async Task<int> RunAsync(string[] args)
     {
         try
@@ -28,8 +29,12 @@ public static class PmemStoreProgram
                     return await WriteAsync(new CommandLine("write", rest, new HashSet<string> { "server", "device", "client-id", "records", "window", "interval-ms", "timeout-s", "acked-log" }));
                 case "verify":
                     return Verify(new CommandLine("verify", rest, new HashSet<string> { "acked", "area-records" }));
+                case "snapshot":
+                    return SnapshotCommands.Snapshot(new CommandLine("snapshot", rest, SnapshotCommands.SnapshotOptions));
+                case "verify-snapshot":
+                    return SnapshotCommands.VerifySnapshot(new CommandLine("verify-snapshot", rest, SnapshotCommands.VerifyOptions));
                 default:
-                    throw new UsageException($"unknown command '{args[0]}': serve, write or verify");
+                    throw new UsageException($"unknown command '{args[0]}': serve, write, verify, snapshot or verify-snapshot");
             }
         }
         catch (UsageException e)
@@ -121,7 +126,11 @@ public static class PmemStoreProgram
           PmemStore serve FILE [--address IP] [--port P] [--clients N] [--area-records R] [--device NAME] [--verify ACKED-LOG]...
           PmemStore write --server IP:PORT --client-id N [--records M] [--window W] [--interval-ms MS] [--timeout-s S] [--device NAME] [--acked-log PATH]
           PmemStore verify FILE --acked ACKED-LOG... [--area-records R]
+          PmemStore snapshot FILE DEST
+          PmemStore verify-snapshot SNAPSHOT... --acked ACKED-LOG... --taken-at NS... [--area-records R]
         serve leases FILE (created with (N + 1) * R * 4096 bytes) on FS-DAX and serves it over rdma_cm until Ctrl+C/SIGTERM;
         write appends M records into client N's area with RDMA WRITE + FLUSH, across lease breaks; verify checks them.
+        snapshot reflinks the live FILE into the new file DEST (same XFS filesystem) while clients write; verify-snapshot
+        checks each SNAPSHOT against the acked logs and its taken_at_ns (one --taken-at per SNAPSHOT, in order).
         """;
 }

@@ -25,6 +25,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
     readonly bool[] _acked = new bool[options.Records];
     readonly bool[] _posted = new bool[options.Records];
     readonly List<ulong> _ackOrder = [];
+    readonly List<long> _ackTimes = [];   // CLOCK_MONOTONIC ns of each acknowledgement: a snapshot's verifier compares them
     int _resent, _connections;
 
     public async Task<int> RunAsync(CancellationToken ct)
@@ -59,7 +60,9 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
                 backoff = TimeSpan.FromMilliseconds(200);
                 await PumpAsync(qp, cq, records, advert, ct).ConfigureAwait(false);
             }
-            catch (RdmaConnectionRejectedException e) when (e.IsConsumerReject && !Reason(e).StartsWith("retry", StringComparison.Ordinal))
+            // A final refusal carries a reason; an empty one is a request the server dropped unanswered (a lease break
+            // during its accept, which it logs as "it will retry"): retry that too.
+            catch (RdmaConnectionRejectedException e) when (e.IsConsumerReject && Reason(e).Length > 0 && !Reason(e).StartsWith("retry", StringComparison.Ordinal))
             {
                 output.WriteLine($"PmemStore write: client {options.ClientId}: the server refused: {Reason(e)}");
                 return 2;
@@ -81,7 +84,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
         }
 
         if (options.AckedLog is { } path)
-            new AckedLog(options.ClientId, _ackOrder).Save(path);
+            new AckedLog(options.ClientId, _ackOrder, _ackTimes).Save(path);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"PmemStore write: client {options.ClientId}: {options.Records} records, {_ackOrder.Count} acknowledged, {_resent} resent, {_connections} connections, {clock.Elapsed.TotalSeconds:0.0} s"));
         return _ackOrder.Count == options.Records ? 0 : 1;
@@ -148,6 +151,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
                 {
                     _acked[s] = true;
                     _ackOrder.Add((ulong)s);
+                    _ackTimes.Add(AckedLog.NowNs());
                     if (_ackOrder.Count % 10 == 0)
                         output.WriteLine($"PmemStore write: client {options.ClientId}: progress: {_ackOrder.Count} acknowledged");
                 }

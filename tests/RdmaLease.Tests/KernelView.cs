@@ -1,14 +1,16 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using RdmaLease.Leases;
 
 namespace RdmaLease.Tests;
 
 /// <summary>
 /// The system's own view of what this process holds, to prove claims against it rather than against our objects'
-/// flags: the kernel's RDMA resource tracking (`rdma resource show`), /proc/locks, /proc/self/maps, /proc/self/fd.
+/// flags: the kernel's RDMA resource tracking (`rdma resource show`), /proc/locks, /proc/self/maps, /proc/self/fd,
+/// and a file's extents (FIEMAP).
 /// </summary>
-internal static class KernelView
+internal static partial class KernelView
 {
     /// <summary>
     /// `rdma resource show KIND` lines of user-space objects (KIND: qp, cq, mr, pd; see IsUserObject). The kernel
@@ -134,4 +136,96 @@ internal static class KernelView
         }
         return total;
     }
+
+    /// <summary>One FIEMAP extent: logical and physical offsets and length in bytes, and FIEMAP_EXTENT_* flags.</summary>
+    public readonly record struct Extent(long Logical, long Physical, long Length, uint Flags)
+    {
+        public const uint Last = 0x1, Unwritten = 0x800, Shared = 0x2000;
+
+        public bool IsShared => (Flags & Shared) != 0;
+    }
+
+    /// <summary>
+    /// FS_IOC_FIEMAP (with FIEMAP_FLAG_SYNC) on <paramref name="path"/>: every extent, however many. Opening a file
+    /// breaks a write lease on it, even ours: for a leased file use the <see cref="Extents(int)"/> overload with the
+    /// lease's descriptor.
+    /// </summary>
+    public static List<Extent> Extents(string path)
+    {
+        int fd = open(path, 0 /* O_RDONLY */);
+        if (fd < 0)
+            throw new IOException($"open {path} for FIEMAP: errno {Marshal.GetLastPInvokeError()}");
+        try
+        {
+            return Extents(fd);
+        }
+        finally
+        {
+            _ = close(fd);
+        }
+    }
+
+    /// <summary>FIEMAP through an open descriptor (no new open: a lease on the file is not broken).</summary>
+    public static unsafe List<Extent> Extents(int fd)
+    {
+        const uint FS_IOC_FIEMAP = 0xC020660B;
+        const int Batch = 256, Header = 32, Size = 56;
+        var list = new List<Extent>();
+        byte[] buffer = new byte[Header + Batch * Size];
+        ulong start = 0;
+        while (true)
+        {
+            Array.Clear(buffer);
+            fixed (byte* buf = buffer)
+            {
+                *(ulong*)buf = start;                        // fm_start
+                *(ulong*)(buf + 8) = ulong.MaxValue - start; // fm_length
+                *(uint*)(buf + 16) = 1;                      // fm_flags = FIEMAP_FLAG_SYNC
+                *(uint*)(buf + 24) = Batch;                  // fm_extent_count
+                if (ioctl(fd, FS_IOC_FIEMAP, buf) != 0)
+                    throw new IOException($"FS_IOC_FIEMAP on fd {fd}: errno {Marshal.GetLastPInvokeError()}");
+                uint n = *(uint*)(buf + 20);
+                for (int i = 0; i < n; i++)
+                {
+                    byte* e = buf + Header + i * Size;
+                    list.Add(new Extent((long)*(ulong*)e, (long)*(ulong*)(e + 8), (long)*(ulong*)(e + 16), *(uint*)(e + 40)));
+                }
+                if (n < Batch || (list[^1].Flags & Extent.Last) != 0)
+                    return list;
+                start = (ulong)(list[^1].Logical + list[^1].Length);
+            }
+        }
+    }
+
+    /// <summary>Bytes of <paramref name="extents"/> whose physical blocks the filesystem reports as shared (FIEMAP_EXTENT_SHARED).</summary>
+    public static long SharedBytes(IEnumerable<Extent> extents) => extents.Where(e => e.IsShared).Sum(e => e.Length);
+
+    /// <summary>Whether every byte of [<paramref name="offset"/>, +<paramref name="length"/>) is in an extent flagged shared (false for holes).</summary>
+    public static bool IsShared(List<Extent> extents, long offset, long length) =>
+        extents.Where(e => e.IsShared && e.Logical < offset + length && e.Logical + e.Length > offset)
+            .Sum(e => Math.Min(e.Logical + e.Length, offset + length) - Math.Max(e.Logical, offset)) == length;
+
+    /// <summary>Whether no byte of [<paramref name="offset"/>, +<paramref name="length"/>) is in an extent flagged shared.</summary>
+    public static bool IsUnshared(List<Extent> extents, long offset, long length) =>
+        !extents.Any(e => e.IsShared && e.Logical < offset + length && e.Logical + e.Length > offset);
+
+    /// <summary>The physical byte address where logical <paramref name="offset"/> lives, or -1 in a hole.</summary>
+    public static long PhysicalAt(List<Extent> extents, long offset)
+    {
+        foreach (var e in extents)
+        {
+            if (offset >= e.Logical && offset < e.Logical + e.Length)
+                return e.Physical + (offset - e.Logical);
+        }
+        return -1;
+    }
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int open(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    private static unsafe partial int ioctl(int fd, nuint request, void* arg);
+
+    [LibraryImport("libc", EntryPoint = "close")]
+    private static partial int close(int fd);
 }

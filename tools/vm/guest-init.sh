@@ -77,7 +77,7 @@ pmem() {
     ndctl create-namespace -f -e namespace0.0 -m fsdax >/dev/null &&
     ndctl create-namespace -f -e namespace1.0 -m fsdax >/dev/null &&
     udevadm settle 2>/dev/null; for i in $(seq 50); do [ -b /dev/pmem1 ] && break; sleep 0.1; done
-    # The 1 GiB NVDIMM is the XFS one; which region enumerates first is not fixed.
+    # The bigger NVDIMM (1 GiB, or RDMA_LEASE_XFS_SIZE) is the XFS one; which region enumerates first is not fixed.
     local big small
     if [ "$(blockdev --getsize64 /dev/pmem0)" -gt "$(blockdev --getsize64 /dev/pmem1)" ]; then big=pmem0 small=pmem1; else big=pmem1 small=pmem0; fi
     mkfs.xfs -q -f /dev/$big && mount -o dax=always /dev/$big /mnt/xfs &&

@@ -233,9 +233,12 @@ rl_run_vm() {
     local kdir=$RL_CACHE/kernel/$abi root=$RL_CACHE/rootfs-$RL_GUEST_SUITE
     [ -n "$out" ] || out=$(mktemp -d /tmp/rdma-lease-vm.XXXXXX)
     mkdir -p "$out"; rm -f "$out/exit-status"
+    # Sparse backing files: a fresh, empty NVDIMM every run (XFS and ext4 DAX filesystems). The XFS one is 1 GiB
+    # unless RDMA_LEASE_XFS_SIZE says otherwise (whole GiB: 2G holds the 1 GiB point of the snapshot measurements).
+    local xfs_size=${RDMA_LEASE_XFS_SIZE:-1G}
+    [[ $xfs_size =~ ^[1-9][0-9]*G$ ]] || { echo "rl_run_vm: RDMA_LEASE_XFS_SIZE must be whole GiB like 2G, got '$xfs_size'" >&2; return 2; }
     local pmemdir; pmemdir=$(mktemp -d /tmp/rdma-lease-pmem.XXXXXX)
-    # Sparse backing files: a fresh, empty NVDIMM every run (XFS and ext4 DAX filesystems).
-    truncate -s 1G "$pmemdir/pmem0.img"; truncate -s 512M "$pmemdir/pmem1.img"
+    truncate -s "$xfs_size" "$pmemdir/pmem0.img"; truncate -s 512M "$pmemdir/pmem1.img"
     echo "$*" > "$out/command"   # like ssh: the words are joined into one shell command
     local share="security_model=none,multidevs=remap"
     if [ -n "$user_share" ]; then
@@ -249,11 +252,11 @@ rl_run_vm() {
     local t0=$SECONDS rc
     timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
         -machine q35,nvdimm=on -accel tcg -cpu max,smap=off -smp "${RDMA_LEASE_GUEST_CPUS:-1}" \
-        -m "${mem}M,slots=2,maxmem=$((mem + 2048))M" \
+        -m "${mem}M,slots=2,maxmem=$((mem + ${xfs_size%G} * 1024 + 1024))M" \
         -nographic -no-reboot -nic none -serial "file:$console" -monitor none \
         -kernel "$kdir/usr/lib/modules/$abi/vmlinuz" -initrd "$kdir/initramfs.cpio.gz" \
         -append "console=ttyS0 quiet panic=-1 rl_modules=/mnt/kernel/usr$append_share" \
-        -object memory-backend-file,id=mem0,share=on,mem-path=$pmemdir/pmem0.img,size=1G -device nvdimm,id=nv0,memdev=mem0 \
+        -object memory-backend-file,id=mem0,share=on,mem-path=$pmemdir/pmem0.img,size=$xfs_size -device nvdimm,id=nv0,memdev=mem0 \
         -object memory-backend-file,id=mem1,share=on,mem-path=$pmemdir/pmem1.img,size=512M -device nvdimm,id=nv1,memdev=mem1 \
         -virtfs "local,path=$root,mount_tag=rootfs,$share,readonly=on" \
         -virtfs "local,path=$RL_REPO,mount_tag=repo,$share,readonly=on" \

@@ -126,36 +126,9 @@ internal static class LeasedRdma
         return RcPair.WaitOne(cq).Status;
     }
 
-    /// <summary>FIEMAP: the file's extents as (logical, physical, length) in bytes.</summary>
-    public static unsafe List<(long Logical, long Physical, long Length)> PhysicalExtents(string path)
-    {
-        const int MaxExtents = 64;
-        const uint FS_IOC_FIEMAP = 0xC020660B;
-        int size = 32 + MaxExtents * 56;
-        byte* buf = stackalloc byte[size];
-        new Span<byte>(buf, size).Clear();
-        *(ulong*)(buf + 8) = ulong.MaxValue;        // fm_length
-        *(uint*)(buf + 16) = 1;                     // fm_flags = FIEMAP_FLAG_SYNC
-        *(uint*)(buf + 24) = MaxExtents;            // fm_extent_count
-        int fd = open(path, 0);
-        Assert.That(fd, Is.GreaterThanOrEqualTo(0), $"open {path}");
-        try
-        {
-            Assert.That(ioctl(fd, FS_IOC_FIEMAP, buf), Is.Zero, $"FS_IOC_FIEMAP {path}: errno {Marshal.GetLastPInvokeError()}");
-        }
-        finally
-        {
-            _ = close(fd);
-        }
-        uint n = *(uint*)(buf + 20);
-        var list = new List<(long, long, long)>();
-        for (int i = 0; i < n; i++)
-        {
-            byte* e = buf + 32 + i * 56;
-            list.Add(((long)*(ulong*)e, (long)*(ulong*)(e + 8), (long)*(ulong*)(e + 16)));
-        }
-        return list;
-    }
+    /// <summary>FIEMAP: the file's extents as (logical, physical, length) in bytes (<see cref="KernelView.Extents(string)"/>).</summary>
+    public static List<(long Logical, long Physical, long Length)> PhysicalExtents(string path) =>
+        [.. KernelView.Extents(path).Select(e => (e.Logical, e.Physical, e.Length))];
 
     /// <summary>Bytes of physical storage that two extent lists share.</summary>
     public static long SharedPhysicalBytes(List<(long Logical, long Physical, long Length)> a, List<(long Logical, long Physical, long Length)> b)
@@ -168,15 +141,6 @@ internal static class LeasedRdma
         }
         return shared;
     }
-
-    [DllImport("libc", SetLastError = true, EntryPoint = "open")]
-    private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
-
-    [DllImport("libc", SetLastError = true, EntryPoint = "ioctl")]
-    private static extern unsafe int ioctl(int fd, nuint request, void* arg);
-
-    [DllImport("libc", EntryPoint = "close")]
-    private static extern int close(int fd);
 
     public static string Ms(TimeSpan t) => t.TotalMilliseconds.ToString("F1", CultureInfo.InvariantCulture) + " ms";
 
@@ -240,7 +204,9 @@ internal sealed unsafe class RawFileMapping : IDisposable
 
 /// <summary>
 /// The remote peer: a thread that keeps RDMA-writing the peer pattern into the leased region, block after block, one
-/// 4 KiB write per work request, until a write fails or it is stopped.
+/// 4 KiB write per work request, until a write fails or it is stopped. With <c>sequenced</c>, write N carries
+/// <see cref="SequencedBlock"/>(N) instead, so the file (or a clone of it) shows which writes had landed: after N
+/// writes it is <see cref="Model"/>(N).
 /// </summary>
 internal sealed class PeerWriter : IDisposable
 {
@@ -249,24 +215,65 @@ internal sealed class PeerWriter : IDisposable
     private readonly RegisteredBuffer _source;
     private readonly RemoteRegion _target;
     private readonly int _blocks;
+    private readonly bool _sequenced;
+    private readonly List<(long Posted, long Completed)> _times = [];
     private readonly Thread _thread;
     private readonly ManualResetEventSlim _done = new(false);
     private volatile bool _stop;
     private int _successes;
 
-    public PeerWriter(RcPair pair, RemoteRegion target)
+    /// <param name="blocks">The writes cycle over the first <paramref name="blocks"/> blocks (default: the whole region).</param>
+    public PeerWriter(RcPair pair, RemoteRegion target, int? blocks = null, bool sequenced = false)
     {
         _qp = pair.A;
         _cq = pair.CqA;
         _target = target;
-        _blocks = (int)(target.Length / LeasedRdma.Block);
+        _blocks = blocks ?? (int)(target.Length / LeasedRdma.Block);
+        _sequenced = sequenced;
         _source = pair.PdA.AllocateBuffer(LeasedRdma.Block, AccessFlags.LocalWrite);
         LeasedRdma.BlockPattern(LeasedRdma.PeerSeed).CopyTo(_source.Span);
         _thread = new Thread(Run) { IsBackground = true, Name = "peer writer" };
         _thread.Start();
     }
 
+    /// <summary>The block write <paramref name="id"/> of a sequenced writer carries: the id (8 bytes, little endian), then a pattern of it.</summary>
+    public static byte[] SequencedBlock(ulong id)
+    {
+        var b = new byte[LeasedRdma.Block];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(b, id);
+        LeaseTestSupport.Fill(b.AsSpan(8), (int)(id * 7 + 3));
+        return b;
+    }
+
+    /// <summary>The write id a block of a sequenced writer holds, when it is exactly <see cref="SequencedBlock"/> of it.</summary>
+    public static ulong? SequencedId(ReadOnlySpan<byte> block)
+    {
+        if (block.Length != LeasedRdma.Block)
+            return null;
+        ulong id = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(block);
+        return block.SequenceEqual(SequencedBlock(id)) ? id : null;
+    }
+
+    /// <summary>What a sequenced writer's first <paramref name="writes"/> writes make of <paramref name="initial"/> (cycling over <paramref name="blocks"/> blocks).</summary>
+    public static byte[] Model(ReadOnlySpan<byte> initial, int blocks, long writes)
+    {
+        byte[] m = initial.ToArray();
+        for (long id = Math.Max(0, writes - blocks); id < writes; id++)
+            SequencedBlock((ulong)id).CopyTo(m.AsSpan((int)(id % blocks) * LeasedRdma.Block));
+        return m;
+    }
+
     public int Successes => Volatile.Read(ref _successes);
+
+    /// <summary>Stopwatch timestamps of each successful write's post and completion (in order).</summary>
+    public List<(long Posted, long Completed)> Times
+    {
+        get
+        {
+            lock (_times)
+                return [.. _times];
+        }
+    }
 
     /// <summary>The failed completion that stopped the writer, if one did.</summary>
     public WorkCompletion? Failure { get; private set; }
@@ -293,6 +300,9 @@ internal sealed class PeerWriter : IDisposable
             for (ulong id = 0; !_stop; id++)
             {
                 ulong offset = id % (ulong)_blocks * LeasedRdma.Block;
+                if (_sequenced)
+                    SequencedBlock(id).CopyTo(_source.Span);
+                long posted = Stopwatch.GetTimestamp();
                 _qp.PostWrite(id, _source.Slice(0, LeasedRdma.Block), _target, offset);
                 long deadline = Environment.TickCount64 + 10_000;
                 while (_cq.Poll(wc) == 0)
@@ -307,6 +317,8 @@ internal sealed class PeerWriter : IDisposable
                     Failure = wc[0];
                     return;
                 }
+                lock (_times)
+                    _times.Add((posted, Stopwatch.GetTimestamp()));
                 Interlocked.Increment(ref _successes);
                 Thread.Sleep(1);   // one vCPU: leave room for the other process and the lease watcher
             }
@@ -326,6 +338,102 @@ internal sealed class PeerWriter : IDisposable
         _stop = true;
         _done.Wait(TimeSpan.FromSeconds(15));
         _source.Dispose();
+    }
+}
+
+/// <summary>
+/// A remote peer of a read-only export: a thread that keeps RDMA-reading block after block of the region and
+/// compares every byte with what the file holds, until a read fails, differs, or it is stopped.
+/// </summary>
+internal sealed class PeerReader : IDisposable
+{
+    private readonly QueuePair _qp;
+    private readonly CompletionQueue _cq;
+    private readonly RegisteredBuffer _sink;
+    private readonly RemoteRegion _target;
+    private readonly byte[] _expected;
+    private readonly Thread _thread;
+    private readonly ManualResetEventSlim _done = new(false);
+    private volatile bool _stop;
+    private int _successes;
+
+    public PeerReader(RcPair pair, RemoteRegion target, byte[] expected)
+    {
+        _qp = pair.A;
+        _cq = pair.CqA;
+        _target = target;
+        _expected = expected;
+        _sink = pair.PdA.AllocateBuffer(LeasedRdma.Block, AccessFlags.LocalWrite);
+        _thread = new Thread(Run) { IsBackground = true, Name = "peer reader" };
+        _thread.Start();
+    }
+
+    public int Successes => Volatile.Read(ref _successes);
+
+    public WorkCompletion? Failure { get; private set; }
+
+    /// <summary>A read whose bytes were not the file's: "block N: byte I".</summary>
+    public string? Mismatch { get; private set; }
+
+    public Exception? Error { get; private set; }
+
+    public bool WaitForSuccesses(int n, TimeSpan timeout)
+    {
+        var sw = Stopwatch.StartNew();
+        while (Successes < n && !_done.IsSet && sw.Elapsed < timeout)
+            Thread.Sleep(1);
+        return Successes >= n;
+    }
+
+    private void Run()
+    {
+        Span<WorkCompletion> wc = stackalloc WorkCompletion[1];
+        int blocks = (int)(_target.Length / LeasedRdma.Block);
+        try
+        {
+            for (ulong id = 0; !_stop; id++)
+            {
+                int block = (int)(id % (ulong)blocks);
+                _sink.Span.Clear();
+                _qp.PostRead(id, _sink.Slice(0, LeasedRdma.Block), _target, (ulong)block * LeasedRdma.Block);
+                long deadline = Environment.TickCount64 + 10_000;
+                while (_cq.Poll(wc) == 0)
+                {
+                    if (Environment.TickCount64 > deadline)
+                        throw new TimeoutException("no completion for the peer's read within 10 s");
+                    Thread.Yield();
+                }
+                if (!wc[0].IsSuccess)
+                {
+                    Failure = wc[0];
+                    return;
+                }
+                var want = _expected.AsSpan(block * LeasedRdma.Block, LeasedRdma.Block);
+                int diff = _sink.Span[..LeasedRdma.Block].CommonPrefixLength(want);
+                if (diff < LeasedRdma.Block)
+                {
+                    Mismatch = $"block {block}: byte {diff}";
+                    return;
+                }
+                Interlocked.Increment(ref _successes);
+                Thread.Sleep(1);
+            }
+        }
+        catch (Exception e)
+        {
+            Error = e;
+        }
+        finally
+        {
+            _done.Set();
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop = true;
+        _done.Wait(TimeSpan.FromSeconds(15));
+        _sink.Dispose();
     }
 }
 

@@ -23,7 +23,8 @@ public unsafe class LeasedRegistrationGuestTests
 
     private static string Fs(string mount) => Path.GetFileName(mount);
 
-    private static void Report(string name, string text)
+    /// <summary>Prints <paramref name="text"/> and, in the guest, writes it to /mnt/out/<paramref name="name"/> (the tables in docs/).</summary>
+    internal static void Report(string name, string text)
     {
         TestContext.Out.WriteLine(text);
         if (Directory.Exists("/mnt/out") && Environment.GetEnvironmentVariable("RDMA_LEASE_GUEST") == "1")

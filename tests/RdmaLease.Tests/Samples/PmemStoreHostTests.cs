@@ -100,7 +100,7 @@ public class PmemStoreHostTests
         File.WriteAllLines(path, [$"# pmem-store acked client={client}", .. sequences.Select(s => s.ToString(System.Globalization.CultureInfo.InvariantCulture))]);
 
     /// <summary>A record as docs/pmem-store.md lays it out, with any payload: the checker must accept it.</summary>
-    static byte[] DocumentedRecord(uint client, ulong sequence)
+    internal static byte[] DocumentedRecord(uint client, ulong sequence)
     {
         var page = new byte[Page];
         int length = 100 + (int)sequence;
@@ -110,20 +110,7 @@ public class PmemStoreHostTests
         BinaryPrimitives.WriteUInt32LittleEndian(page.AsSpan(16), (uint)length);
         for (int i = 0; i < length; i++)
             page[24 + i] = (byte)(i ^ (int)sequence ^ 0x5a);
-        BinaryPrimitives.WriteUInt32LittleEndian(page.AsSpan(20), Crc32([.. page.AsSpan(0, 20), .. page.AsSpan(24, length)]));
+        BinaryPrimitives.WriteUInt32LittleEndian(page.AsSpan(20), PmemStoreSample.Crc32([.. page.AsSpan(0, 20), .. page.AsSpan(24, length)]));
         return page;
-    }
-
-    /// <summary>CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), bit by bit.</summary>
-    static uint Crc32(ReadOnlySpan<byte> data)
-    {
-        uint crc = 0xFFFFFFFF;
-        foreach (byte b in data)
-        {
-            crc ^= b;
-            for (int k = 0; k < 8; k++)
-                crc = (crc & 1) != 0 ? (crc >> 1) ^ 0xEDB88320 : crc >> 1;
-        }
-        return ~crc;
     }
 }

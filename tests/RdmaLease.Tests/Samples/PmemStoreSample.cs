@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
@@ -34,6 +35,61 @@ internal static partial class PmemStoreSample
 
     [GeneratedRegex(@"PmemStore verify: (\d+) records acknowledged, (\d+) verified, (\d+) missing, (\d+) corrupt")]
     private static partial Regex VerifyLine();
+
+    /// <summary>A snapshot's CLOCK_MONOTONIC stamps (ns) from its line "... taken_at_ns=S opened_ns=O cloned_ns=C synced_ns=Y done_ns=D".</summary>
+    public static (long TakenAt, long Opened, long Cloned, long Synced, long Done) SnapshotTimes(string output)
+    {
+        var m = SnapshotLine().Match(output);
+        Assert.That(m.Success, Is.True, $"no snapshot line in:\n{output}");
+        long G(int i) => long.Parse(m.Groups[i].Value, CultureInfo.InvariantCulture);
+        return (G(1), G(2), G(3), G(4), G(5));
+    }
+
+    [GeneratedRegex(@"taken_at_ns=(\d+) opened_ns=(\d+) cloned_ns=(\d+) synced_ns=(\d+) done_ns=(\d+)")]
+    private static partial Regex SnapshotLine();
+
+    /// <summary>An acked log read by the test itself (docs/pmem-store.md): (sequence, acknowledgement time in ns) in order.</summary>
+    public static List<(ulong Sequence, long AckedAtNs)> AckedLog(string path)
+    {
+        var lines = File.ReadAllLines(path);
+        Assert.That(lines[0], Does.StartWith("# pmem-store acked client="), path);
+        return [.. lines.Skip(1).Where(l => l.Length > 0).Select(l =>
+        {
+            var f = l.Split(' ');
+            Assert.That(f, Has.Length.EqualTo(2), $"{path}: '{l}' has no acknowledgement time");
+            return (ulong.Parse(f[0], CultureInfo.InvariantCulture), long.Parse(f[1], CultureInfo.InvariantCulture));
+        })];
+    }
+
+    /// <summary>
+    /// Whether <paramref name="page"/> is record <paramref name="sequence"/> of <paramref name="client"/> as docs/pmem-store.md
+    /// lays it out (magic, client, sequence, length, CRC-32 of bytes 0..20 and the payload): the test's own check, not the sample's.
+    /// </summary>
+    public static bool IsDocumentedRecord(ReadOnlySpan<byte> page, uint client, ulong sequence)
+    {
+        if (page.Length < 4096 || BinaryPrimitives.ReadUInt32LittleEndian(page) != 0x31524D50
+            || BinaryPrimitives.ReadUInt32LittleEndian(page[4..]) != client || BinaryPrimitives.ReadUInt64LittleEndian(page[8..]) != sequence)
+            return false;
+        uint length = BinaryPrimitives.ReadUInt32LittleEndian(page[16..]);
+        return length <= 4096 - 24 && Crc32([.. page[..20], .. page.Slice(24, (int)length)]) == BinaryPrimitives.ReadUInt32LittleEndian(page[20..]);
+    }
+
+    /// <summary>CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), a byte at a time from a table built here.</summary>
+    public static uint Crc32(ReadOnlySpan<byte> data)
+    {
+        uint crc = 0xFFFFFFFF;
+        foreach (byte b in data)
+            crc = CrcTable[(crc ^ b) & 0xFF] ^ (crc >> 8);
+        return ~crc;
+    }
+
+    static readonly uint[] CrcTable = [.. Enumerable.Range(0, 256).Select(n =>
+    {
+        uint c = (uint)n;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) != 0 ? (c >> 1) ^ 0xEDB88320 : c >> 1;
+        return c;
+    })];
 }
 
 /// <summary>A child process whose stdout and stderr lines are collected as they arrive, to wait on.</summary>
