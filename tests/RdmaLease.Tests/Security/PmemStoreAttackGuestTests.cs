@@ -48,6 +48,7 @@ public class PmemStoreAttackGuestTests
             "--acked-log", logs[c], "--timeout-s", (600 + Records).ToString(CultureInfo.InvariantCulture))).ToArray();
         KeySweep.Result result;
         RemoteRegion first;
+        int honestReconnects = 0;
         try
         {
             for (int c = 0; c < honest.Length; c++)
@@ -80,6 +81,7 @@ public class PmemStoreAttackGuestTests
                 int exit = honest[c].WaitForExit(TimeSpan.FromSeconds(600 + Records));
                 var summary = PmemStoreSample.ClientSummary(honest[c].Output, c);
                 TestContext.Out.WriteLine($"honest client {c}: {summary}");
+                honestReconnects += summary.Connections - 1;
                 foreach (var line in honest[c].Output.Split('\n').Where(l => l.Contains("connection lost", StringComparison.Ordinal)))
                     TestContext.Out.WriteLine("  " + line);
                 Assert.That(exit, Is.Zero, honest[c].Output);
@@ -120,7 +122,8 @@ public class PmemStoreAttackGuestTests
             Assert.That(total, Is.EqualTo((2L * Records, 2L * Records, 0L, 0L)), "every record acknowledged to the honest clients present and intact");
             Assert.That(errors.Success, Is.True, "the sweep shows in the server's peer_errors metric\n" + output);
             if (errors.Success)
-                Assert.That(long.Parse(errors.Groups[1].Value, CultureInfo.InvariantCulture), Is.EqualTo(result.RemoteAccessErrors),
+                // Every refused attempt, plus the honest clients' own transient errors (same address: one per reconnect).
+                Assert.That(long.Parse(errors.Groups[1].Value, CultureInfo.InvariantCulture), Is.InRange(result.RemoteAccessErrors, result.RemoteAccessErrors + honestReconnects),
                     "peer_errors for the attacker's address counts every refused attempt");
         });
     }
