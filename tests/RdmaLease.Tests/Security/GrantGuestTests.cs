@@ -170,7 +170,6 @@ public class GrantGuestTests
     /// them), reconnecting after each error, while that peer keeps writing through its grant: every one of the peer's
     /// writes succeeds and lands, and the server reports no error on the peer's connection.
     /// </summary>
-    [TestCase("anonymous")]
     [TestCase("fsdax")]
     public async Task ASweepOfAPeersKeysDoesNotDisturbThatPeer(string kind)
     {

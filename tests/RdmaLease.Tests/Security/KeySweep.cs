@@ -51,16 +51,22 @@ internal sealed class KeySweep(IPEndPoint server, string deviceName, byte[] hell
                 try
                 {
                     RdmaConnection conn;
-                    try
+                    for (int tries = 0; ; tries++)
                     {
-                        conn = await RdmaConnection.ConnectAsync(server, qp, new RdmaConnectOptions { PrivateData = hello, Timeout = TimeSpan.FromSeconds(30) });
-                    }
-                    catch (Exception e) when (e is RdmaConnectionException or TimeoutException)
-                    {
-                        // The server may refuse or be slow for a moment; count it and try this attempt again once.
-                        Interlocked.Increment(ref connectFailures);
-                        conn = await RdmaConnection.ConnectAsync(server, qp.IsDisposed ? (qp = side.NewQueuePair()) : qp,
-                            new RdmaConnectOptions { PrivateData = hello, Timeout = TimeSpan.FromSeconds(30) });
+                        try
+                        {
+                            conn = await RdmaConnection.ConnectAsync(server, qp, new RdmaConnectOptions { PrivateData = hello, Timeout = TimeSpan.FromSeconds(30) });
+                            break;
+                        }
+                        catch (Exception e) when (e is RdmaConnectionException or TimeoutException && tries < 500)
+                        {
+                            // The server refuses a second connection of one client id until it has dropped the last one
+                            // ("retry: ..."), and may be slow for a moment: count it and connect again.
+                            Interlocked.Increment(ref connectFailures);
+                            qp.Dispose();
+                            qp = side.NewQueuePair();
+                            await Task.Delay(10);
+                        }
                     }
                     using (conn)
                     {

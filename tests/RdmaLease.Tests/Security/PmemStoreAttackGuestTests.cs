@@ -22,7 +22,8 @@ namespace RdmaLease.Tests.Security;
 [NonParallelizable]
 public class PmemStoreAttackGuestTests
 {
-    const int Parallel = 4;
+    // One at a time: the server grants one connection per client id (a second is told to retry).
+    const int Parallel = 1;
     // The honest clients write one record per 700 ms for longer than the attack lasts (at least 20 attempts/s here).
     static readonly int SweepIndexes = int.TryParse(Environment.GetEnvironmentVariable("RDMA_LEASE_SWEEP_INDEXES"), out int n) ? Math.Clamp(n, 0, 1024) : 0;
     static readonly int Records = 100 + (2 * SweepIndexes + 1) * 256 / 20 * 10 / 7 * (SweepIndexes > 0 ? 1 : 0);
@@ -47,6 +48,7 @@ public class PmemStoreAttackGuestTests
             "--acked-log", logs[c], "--timeout-s", (600 + Records).ToString(CultureInfo.InvariantCulture))).ToArray();
         KeySweep.Result result;
         RemoteRegion first;
+        int honestReconnects = 0;
         try
         {
             for (int c = 0; c < honest.Length; c++)
@@ -79,6 +81,7 @@ public class PmemStoreAttackGuestTests
                 int exit = honest[c].WaitForExit(TimeSpan.FromSeconds(600 + Records));
                 var summary = PmemStoreSample.ClientSummary(honest[c].Output, c);
                 TestContext.Out.WriteLine($"honest client {c}: {summary}");
+                honestReconnects += summary.Connections - 1;
                 foreach (var line in honest[c].Output.Split('\n').Where(l => l.Contains("connection lost", StringComparison.Ordinal)))
                     TestContext.Out.WriteLine("  " + line);
                 Assert.That(exit, Is.Zero, honest[c].Output);
@@ -119,7 +122,8 @@ public class PmemStoreAttackGuestTests
             Assert.That(total, Is.EqualTo((2L * Records, 2L * Records, 0L, 0L)), "every record acknowledged to the honest clients present and intact");
             Assert.That(errors.Success, Is.True, "the sweep shows in the server's peer_errors metric\n" + output);
             if (errors.Success)
-                Assert.That(long.Parse(errors.Groups[1].Value, CultureInfo.InvariantCulture), Is.EqualTo(result.RemoteAccessErrors),
+                // Every refused attempt, plus the honest clients' own transient errors (same address: one per reconnect).
+                Assert.That(long.Parse(errors.Groups[1].Value, CultureInfo.InvariantCulture), Is.InRange(result.RemoteAccessErrors, result.RemoteAccessErrors + honestReconnects),
                     "peer_errors for the attacker's address counts every refused attempt");
         });
     }
