@@ -259,8 +259,8 @@ public class CopyOnWriteGuestTests
         var sb = new StringBuilder();
         sb.AppendLine(CultureInfo.InvariantCulture, $"kernel {Environment.OSVersion.Version}; 64 KiB file, ODP region over all of it; a write lease's peer RDMA-writes blocks 0-11 in a loop (a new pattern per write), a read lease's peer RDMA-reads every block in a loop; blocks 12-15 are the dedupe range");
         sb.AppendLine();
-        sb.AppendLine("| fs | operation by another process | our lease | broke | its result | it took | signal->release | peer: ops before / its next op | the copy holds | our file afterwards |");
-        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
+        sb.AppendLine("| fs | operation by another process | our lease | broke | break target (F_GET*) | its result | it took | signal->release | peer: ops before / its next op | the copy holds | our file afterwards |");
+        sb.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var row in OtherRows.OrderBy(r => r.Key, StringComparer.Ordinal))
             sb.AppendLine(row.Value);
         LeasedRegistrationGuestTests.Report("cow-other-process.md", sb.ToString());
@@ -307,7 +307,8 @@ public class CopyOnWriteGuestTests
             {
                 var sw = Stopwatch.StartNew();
                 var r = Packaging.Tool.Run("cp", ["--reflink=always", path, dest], timeoutMs: 60_000);
-                return (r.ExitCode == 0, r.ExitCode == 0 ? "ok" : $"exit {r.ExitCode}: {r.Stderr.Trim()}", sw.Elapsed);
+                // cp says "cp: failed to clone 'DEST' from 'SRC': REASON": the reason is what the table needs.
+                return (r.ExitCode == 0, r.ExitCode == 0 ? "ok" : $"exit {r.ExitCode}: {r.Stderr.Trim().Split(": ")[^1]}", sw.Elapsed);
             },
         };
 
@@ -374,7 +375,9 @@ public class CopyOnWriteGuestTests
         string moved = extentsBefore is null || extentsAfter is null ? "" : Enumerable.Range(Stable, Blocks - Stable)
             .All(b => KernelView.PhysicalAt(extentsAfter, b * Block) == KernelView.PhysicalAt(extentsBefore, b * Block)) ? "" : "; blocks 12-15 moved to the other file's";
         string ours = (matched < 0 ? "WRONG BYTES" : read ? "unchanged" : $"writes 0..{(matched == 0 ? writes : writes + 1) - 1}") + moved;
-        string row = $"| {Path.GetFileName(mount)} | {op} | {holding} | {(didBreak ? "breaks" : "does not break")} | {outcome.Result} | {Ms(outcome.Took)} | {(didBreak ? Ms(broke.Task.Result.BreakToRelease) : "-")} | {opsBefore} / {nextOp} | {copyHolds} | {ours} |";
+        int target = didBreak ? broke.Task.Result.PendingLeaseType : -1;
+        string targetText = target switch { F_RDLCK => "F_RDLCK (downgrade)", F_UNLCK => "F_UNLCK", -1 => "-", _ => target.ToString(CultureInfo.InvariantCulture) };
+        string row = $"| {Path.GetFileName(mount)} | {op} | {holding} | {(didBreak ? "breaks" : "does not break")} | {targetText} | {outcome.Result} | {Ms(outcome.Took)} | {(didBreak ? Ms(broke.Task.Result.BreakToRelease) : "-")} | {opsBefore} / {nextOp} | {copyHolds} | {ours} |";
         lock (OtherRows)
             OtherRows[$"{(xfs ? 0 : mount == "/mnt/ext4" ? 1 : 2)}-{Array.IndexOf(OtherOps, op)}-{Array.IndexOf(Holdings, holding)}"] = row;
         TestContext.Out.WriteLine(row);
@@ -384,6 +387,8 @@ public class CopyOnWriteGuestTests
             // Every one of these opens our file: a write lease or delegation breaks (O_RDONLY asks for a downgrade, which
             // rdma-lease answers by giving the lease back); a read lease does not (other readers are allowed).
             Assert.That(didBreak, Is.EqualTo(!read), "broke");
+            if (didBreak)
+                Assert.That(target, Is.EqualTo(F_RDLCK), "every one of them opens our file for reading: the kernel asks a write lease to become a read lease");
             Assert.That(outcome.Took, Is.LessThan(FileLease.LeaseBreakTime / 2), "the other process must not wait for the break deadline");
             Assert.That(matched, Is.GreaterThanOrEqualTo(0), "our file holds only whole writes of a prefix of the peer's stream (or, read-only, its own bytes)");
             if (xfs)
