@@ -325,7 +325,7 @@ public class MemoryWindowTests
         e = Assert.Throws<ArgumentException>(() => target.PostBindMemoryWindow(1, type2, readOnlyRegion, 0, 64, Writable))!;
         Assert.That(e.Message, Does.Contain("LocalWrite"));
         e = Assert.Throws<ArgumentException>(() => target.PostBindMemoryWindow(1, type2, rig.Region, 0, rig.Region.Length, AccessFlags.LocalWrite | Writable))!;
-        Assert.That(e.Message, Does.Contain("RemoteRead, RemoteWrite and/or RemoteAtomic"));
+        Assert.That(e.Message, Does.Contain("RemoteRead, RemoteWrite, RemoteAtomic, FlushGlobal and/or FlushPersistent, nothing else"));
         Assert.Throws<ArgumentOutOfRangeException>(() => target.PostBindMemoryWindow(1, type2, rig.Region, rig.Region.Length - 8, 64, Writable));
         Assert.Throws<ArgumentOutOfRangeException>(() => target.PostBindMemoryWindow(1, type2, rig.Region, 0, 0, Writable));
         Assert.That(Assert.Throws<InvalidOperationException>(() => target.PostUnbindMemoryWindow(1, type2))!.Message, Does.Contain("PostLocalInvalidate"));
