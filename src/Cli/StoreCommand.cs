@@ -4,9 +4,10 @@ using RdmaLease.PmemStore;
 namespace RdmaLease.Cli;
 
 /// <summary>
-/// <c>rdma-lease store serve|write|verify|snapshot|verify-snapshot ...</c>: samples/PmemStore itself (one implementation): a hosted server leasing an
-/// FS-DAX file, clients appending records with RDMA WRITE + FLUSH across lease breaks, reflink snapshots of the live file, and the verifiers
-/// (docs/pmem-store.md). Its command line is the sample's, handed over untouched.
+/// <c>rdma-lease store serve|write|verify|snapshot|verify-snapshot ...</c>: samples/PmemStore itself (one
+/// implementation): a hosted server leasing an FS-DAX file, clients appending records with RDMA WRITE + FLUSH across
+/// lease breaks, reflink snapshots of the live file, and the verifiers (docs/pmem-store.md). Its command line is the
+/// sample's, handed over untouched.
 /// </summary>
 internal static class StoreCommand
 {
