@@ -7,11 +7,12 @@ namespace RdmaLease.Tests.Connections;
 /// <summary>One side of an rdma_cm connection test: its own device context, PD, CQ and RC QPs (as another process would have).</summary>
 internal sealed class CmSide : IDisposable
 {
-    public CmSide(string device = Cm.DeviceName)
+    /// <param name="withEvents">a CQ with a completion channel, for <c>PollAsync</c>.</param>
+    public CmSide(string device = Cm.DeviceName, bool withEvents = false)
     {
         Device = Device.Open(device);
         Pd = Device.AllocateProtectionDomain();
-        Cq = Device.CreateCompletionQueue(256);
+        Cq = Device.CreateCompletionQueue(256, withEvents);
     }
 
     public Device Device { get; }

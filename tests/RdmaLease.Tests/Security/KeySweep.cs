@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net;
+using RdmaLease.Tests.Connections;
 using RdmaLease.Verbs;
 
 namespace RdmaLease.Tests.Security;
@@ -26,7 +27,7 @@ internal sealed class KeySweep(IPEndPoint server, string deviceName, byte[] hell
     /// <summary>One connection, as the attacker first sees the server: its own grant.</summary>
     public async Task<RemoteRegion> FirstGrantAsync()
     {
-        using var side = new Side(deviceName);
+        using var side = new CmSide(deviceName, withEvents: true);
         var qp = side.NewQueuePair();
         using var conn = await RdmaConnection.ConnectAsync(server, qp, new RdmaConnectOptions { PrivateData = hello, Timeout = TimeSpan.FromSeconds(30) });
         return grantOf(conn.RemotePrivateData);
@@ -40,7 +41,7 @@ internal sealed class KeySweep(IPEndPoint server, string deviceName, byte[] hell
         var clock = Stopwatch.StartNew();
         async Task Worker()
         {
-            using var side = new Side(deviceName);
+            using var side = new CmSide(deviceName, withEvents: true);
             using var source = side.Pd.AllocateBuffer(64, AccessFlags.LocalWrite);
             Marker.CopyTo(source.Span);
             int i;
@@ -108,25 +109,6 @@ internal sealed class KeySweep(IPEndPoint server, string deviceName, byte[] hell
         for (long i = Math.Max(1, index - below); i <= index + above; i++)
             for (uint low = 0; low < 256; low++)
                 yield return (uint)(i << 8) | low;
-    }
-
-    /// <summary>A connection's worth of attacker state: device context, PD, a CQ with events.</summary>
-    sealed class Side : IDisposable
-    {
-        public Side(string device)
-        {
-            Device = Device.Open(device);
-            Pd = Device.AllocateProtectionDomain();
-            Cq = Device.CreateCompletionQueue(16, withEvents: true);
-        }
-
-        public Device Device { get; }
-        public ProtectionDomain Pd { get; }
-        public CompletionQueue Cq { get; }
-
-        public QueuePair NewQueuePair() => Pd.CreateQueuePair(new QueuePairOptions { SendCompletionQueue = Cq, ReceiveCompletionQueue = Cq });
-
-        public void Dispose() => Device.Dispose();
     }
 
     /// <summary>PmemStore's hello ("PMSC", client id) and the grant in its advert (24 bytes of header, then the region).</summary>
