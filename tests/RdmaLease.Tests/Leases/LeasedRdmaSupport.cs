@@ -203,37 +203,128 @@ internal sealed unsafe class RawFileMapping : IDisposable
 }
 
 /// <summary>
+/// A remote peer's worker thread: one operation on the peer's QP at a time, waiting for its completion, until an
+/// operation fails, <see cref="Check"/> refuses what it brought, or the worker is stopped.
+/// </summary>
+internal abstract class PeerWorker : IDisposable
+{
+    private readonly Thread _thread;
+    private readonly ManualResetEventSlim _done = new(false);
+    private readonly string _what;
+    private volatile bool _stop;
+    private int _successes;
+
+    protected PeerWorker(RcPair pair, RemoteRegion target, string what)
+    {
+        Qp = pair.A;
+        Cq = pair.CqA;
+        Target = target;
+        _what = what;
+        _thread = new Thread(Run) { IsBackground = true, Name = "peer " + what };
+    }
+
+    protected QueuePair Qp { get; }
+    protected CompletionQueue Cq { get; }
+    protected RemoteRegion Target { get; }
+
+    public int Successes => Volatile.Read(ref _successes);
+
+    /// <summary>The failed completion that stopped the worker, if one did.</summary>
+    public WorkCompletion? Failure { get; private set; }
+
+    public Exception? Error { get; private set; }
+
+    public long FailureTimestamp { get; private set; }
+
+    public bool WaitForSuccesses(int n, TimeSpan timeout)
+    {
+        var sw = Stopwatch.StartNew();
+        while (Successes < n && !_done.IsSet && sw.Elapsed < timeout)
+            Thread.Sleep(1);
+        return Successes >= n;
+    }
+
+    public bool WaitEnded(TimeSpan timeout) => _done.Wait(timeout);
+
+    /// <summary>Called by the derived constructor once its own fields are set.</summary>
+    protected void Start() => _thread.Start();
+
+    /// <summary>Posts operation <paramref name="id"/>.</summary>
+    protected abstract void Post(ulong id);
+
+    /// <summary>After operation <paramref name="id"/> succeeded: false stops the worker (what it brought was wrong).</summary>
+    protected abstract bool Check(ulong id);
+
+    protected abstract void DisposeBuffers();
+
+    private void Run()
+    {
+        Span<WorkCompletion> wc = stackalloc WorkCompletion[1];
+        try
+        {
+            for (ulong id = 0; !_stop; id++)
+            {
+                Post(id);
+                long deadline = Environment.TickCount64 + 10_000;
+                while (Cq.Poll(wc) == 0)
+                {
+                    if (Environment.TickCount64 > deadline)
+                        throw new TimeoutException($"no completion for the peer's {_what} within 10 s");
+                    Thread.Yield();
+                }
+                if (!wc[0].IsSuccess)
+                {
+                    FailureTimestamp = Stopwatch.GetTimestamp();
+                    Failure = wc[0];
+                    return;
+                }
+                if (!Check(id))
+                    return;
+                Interlocked.Increment(ref _successes);
+                Thread.Sleep(1);   // one vCPU: leave room for the other process and the lease watcher
+            }
+        }
+        catch (Exception e)
+        {
+            Error = e;
+        }
+        finally
+        {
+            _done.Set();
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop = true;
+        _done.Wait(TimeSpan.FromSeconds(15));
+        DisposeBuffers();
+    }
+}
+
+/// <summary>
 /// The remote peer: a thread that keeps RDMA-writing the peer pattern into the leased region, block after block, one
 /// 4 KiB write per work request, until a write fails or it is stopped. With <c>sequenced</c>, write N carries
 /// <see cref="SequencedBlock"/>(N) instead, so the file (or a clone of it) shows which writes had landed: after N
 /// writes it is <see cref="Model"/>(N).
 /// </summary>
-internal sealed class PeerWriter : IDisposable
+internal sealed class PeerWriter : PeerWorker
 {
-    private readonly QueuePair _qp;
-    private readonly CompletionQueue _cq;
     private readonly RegisteredBuffer _source;
-    private readonly RemoteRegion _target;
     private readonly int _blocks;
     private readonly bool _sequenced;
     private readonly List<(long Posted, long Completed)> _times = [];
-    private readonly Thread _thread;
-    private readonly ManualResetEventSlim _done = new(false);
-    private volatile bool _stop;
-    private int _successes;
+    private long _posted;
 
     /// <param name="blocks">The writes cycle over the first <paramref name="blocks"/> blocks (default: the whole region).</param>
     public PeerWriter(RcPair pair, RemoteRegion target, int? blocks = null, bool sequenced = false)
+        : base(pair, target, "write")
     {
-        _qp = pair.A;
-        _cq = pair.CqA;
-        _target = target;
         _blocks = blocks ?? (int)(target.Length / LeasedRdma.Block);
         _sequenced = sequenced;
         _source = pair.PdA.AllocateBuffer(LeasedRdma.Block, AccessFlags.LocalWrite);
         LeasedRdma.BlockPattern(LeasedRdma.PeerSeed).CopyTo(_source.Span);
-        _thread = new Thread(Run) { IsBackground = true, Name = "peer writer" };
-        _thread.Start();
+        Start();
     }
 
     /// <summary>The block write <paramref name="id"/> of a sequenced writer carries: the id (8 bytes, little endian), then a pattern of it.</summary>
@@ -263,8 +354,6 @@ internal sealed class PeerWriter : IDisposable
         return m;
     }
 
-    public int Successes => Volatile.Read(ref _successes);
-
     /// <summary>Stopwatch timestamps of each successful write's post and completion (in order).</summary>
     public List<(long Posted, long Completed)> Times
     {
@@ -275,166 +364,68 @@ internal sealed class PeerWriter : IDisposable
         }
     }
 
-    /// <summary>The failed completion that stopped the writer, if one did.</summary>
-    public WorkCompletion? Failure { get; private set; }
-
-    public Exception? Error { get; private set; }
-
-    public long FailureTimestamp { get; private set; }
-
-    public bool WaitForSuccesses(int n, TimeSpan timeout)
+    protected override void Post(ulong id)
     {
-        var sw = Stopwatch.StartNew();
-        while (Successes < n && !_done.IsSet && sw.Elapsed < timeout)
-            Thread.Sleep(1);
-        return Successes >= n;
+        ulong offset = id % (ulong)_blocks * LeasedRdma.Block;
+        if (_sequenced)
+            SequencedBlock(id).CopyTo(_source.Span);
+        _posted = Stopwatch.GetTimestamp();
+        Qp.PostWrite(id, _source.Slice(0, LeasedRdma.Block), Target, offset);
     }
 
-    public bool WaitEnded(TimeSpan timeout) => _done.Wait(timeout);
-
-    private void Run()
+    protected override bool Check(ulong id)
     {
-        Span<WorkCompletion> wc = stackalloc WorkCompletion[1];
-        try
-        {
-            for (ulong id = 0; !_stop; id++)
-            {
-                ulong offset = id % (ulong)_blocks * LeasedRdma.Block;
-                if (_sequenced)
-                    SequencedBlock(id).CopyTo(_source.Span);
-                long posted = Stopwatch.GetTimestamp();
-                _qp.PostWrite(id, _source.Slice(0, LeasedRdma.Block), _target, offset);
-                long deadline = Environment.TickCount64 + 10_000;
-                while (_cq.Poll(wc) == 0)
-                {
-                    if (Environment.TickCount64 > deadline)
-                        throw new TimeoutException("no completion for the peer's write within 10 s");
-                    Thread.Yield();
-                }
-                if (!wc[0].IsSuccess)
-                {
-                    FailureTimestamp = Stopwatch.GetTimestamp();
-                    Failure = wc[0];
-                    return;
-                }
-                lock (_times)
-                    _times.Add((posted, Stopwatch.GetTimestamp()));
-                Interlocked.Increment(ref _successes);
-                Thread.Sleep(1);   // one vCPU: leave room for the other process and the lease watcher
-            }
-        }
-        catch (Exception e)
-        {
-            Error = e;
-        }
-        finally
-        {
-            _done.Set();
-        }
+        lock (_times)
+            _times.Add((_posted, Stopwatch.GetTimestamp()));
+        return true;
     }
 
-    public void Dispose()
-    {
-        _stop = true;
-        _done.Wait(TimeSpan.FromSeconds(15));
-        _source.Dispose();
-    }
+    protected override void DisposeBuffers() => _source.Dispose();
 }
 
 /// <summary>
 /// A remote peer of a read-only export: a thread that keeps RDMA-reading block after block of the region and
 /// compares every byte with what the file holds, until a read fails, differs, or it is stopped.
 /// </summary>
-internal sealed class PeerReader : IDisposable
+internal sealed class PeerReader : PeerWorker
 {
-    private readonly QueuePair _qp;
-    private readonly CompletionQueue _cq;
     private readonly RegisteredBuffer _sink;
-    private readonly RemoteRegion _target;
     private readonly byte[] _expected;
-    private readonly Thread _thread;
-    private readonly ManualResetEventSlim _done = new(false);
-    private volatile bool _stop;
-    private int _successes;
+    private readonly int _blocks;
 
     public PeerReader(RcPair pair, RemoteRegion target, byte[] expected)
+        : base(pair, target, "read")
     {
-        _qp = pair.A;
-        _cq = pair.CqA;
-        _target = target;
         _expected = expected;
+        _blocks = (int)(target.Length / LeasedRdma.Block);
         _sink = pair.PdA.AllocateBuffer(LeasedRdma.Block, AccessFlags.LocalWrite);
-        _thread = new Thread(Run) { IsBackground = true, Name = "peer reader" };
-        _thread.Start();
+        Start();
     }
-
-    public int Successes => Volatile.Read(ref _successes);
-
-    public WorkCompletion? Failure { get; private set; }
 
     /// <summary>A read whose bytes were not the file's: "block N: byte I".</summary>
     public string? Mismatch { get; private set; }
 
-    public Exception? Error { get; private set; }
-
-    public bool WaitForSuccesses(int n, TimeSpan timeout)
+    protected override void Post(ulong id)
     {
-        var sw = Stopwatch.StartNew();
-        while (Successes < n && !_done.IsSet && sw.Elapsed < timeout)
-            Thread.Sleep(1);
-        return Successes >= n;
+        int block = (int)(id % (ulong)_blocks);
+        _sink.Span.Clear();
+        Qp.PostRead(id, _sink.Slice(0, LeasedRdma.Block), Target, (ulong)block * LeasedRdma.Block);
     }
 
-    private void Run()
+    protected override bool Check(ulong id)
     {
-        Span<WorkCompletion> wc = stackalloc WorkCompletion[1];
-        int blocks = (int)(_target.Length / LeasedRdma.Block);
-        try
+        int block = (int)(id % (ulong)_blocks);
+        var want = _expected.AsSpan(block * LeasedRdma.Block, LeasedRdma.Block);
+        int diff = _sink.Span[..LeasedRdma.Block].CommonPrefixLength(want);
+        if (diff < LeasedRdma.Block)
         {
-            for (ulong id = 0; !_stop; id++)
-            {
-                int block = (int)(id % (ulong)blocks);
-                _sink.Span.Clear();
-                _qp.PostRead(id, _sink.Slice(0, LeasedRdma.Block), _target, (ulong)block * LeasedRdma.Block);
-                long deadline = Environment.TickCount64 + 10_000;
-                while (_cq.Poll(wc) == 0)
-                {
-                    if (Environment.TickCount64 > deadline)
-                        throw new TimeoutException("no completion for the peer's read within 10 s");
-                    Thread.Yield();
-                }
-                if (!wc[0].IsSuccess)
-                {
-                    Failure = wc[0];
-                    return;
-                }
-                var want = _expected.AsSpan(block * LeasedRdma.Block, LeasedRdma.Block);
-                int diff = _sink.Span[..LeasedRdma.Block].CommonPrefixLength(want);
-                if (diff < LeasedRdma.Block)
-                {
-                    Mismatch = $"block {block}: byte {diff}";
-                    return;
-                }
-                Interlocked.Increment(ref _successes);
-                Thread.Sleep(1);
-            }
+            Mismatch = $"block {block}: byte {diff}";
+            return false;
         }
-        catch (Exception e)
-        {
-            Error = e;
-        }
-        finally
-        {
-            _done.Set();
-        }
+        return true;
     }
 
-    public void Dispose()
-    {
-        _stop = true;
-        _done.Wait(TimeSpan.FromSeconds(15));
-        _sink.Dispose();
-    }
+    protected override void DisposeBuffers() => _sink.Dispose();
 }
 
 /// <summary>rdmalease-lease-probe hold: another process that holds a delegation and never gives it back.</summary>
