@@ -1,11 +1,14 @@
 // `break DEVICE FILE REGION_BYTES BREAKS idle|traffic|gc`: the holder of the lease-break benchmark, driven by
 // benchmarks/c/lease_breaker (its C twin is benchmarks/c/lease_holder.c). Per break: DaxFile.Open, AcquireLease (the
 // library's default: a delegation where the kernel has F_SETDELEG), an ODP region over the whole file, "ready" on
-// stdout; the breaker's open(2) breaks it; once the lease is back, "released US BYTES": FileLease.BreakToRelease (the
-// signal handler's stamp to F_UNLCK) and the managed bytes the whole process allocated for this lease's cycle. Then
+// stdout; the breaker's open(2) breaks it; once the lease is back, "released US BYTES WATCHER DISPATCH DEREG UNLOCK":
+// BreakToRelease (the signal handler's stamp to F_UNLCK), the managed bytes the whole process allocated for this
+// lease's cycle, and that time in phases (us: handler -> a break worker has it -> teardown started -> region
+// deregistered -> F_UNLCK). Then
 // the breaker's "go" on stdin. traffic: a thread keeps 4 KiB RDMA WRITEs going into the region until the break stops
 // them (the bytes are checked in the file); gc: a thread forces blocking, compacting gen2 collections throughout.
 // A break is the process's first when BREAKS is 1: the suite runs fresh processes for that.
+using System.Diagnostics;
 using System.Globalization;
 using RdmaLease.Leases;
 using RdmaLease.Verbs;
@@ -38,12 +41,21 @@ static class BreakCost
                 file.Span.Clear();   // so the check after the break sees this cycle's writes only
             using var region = pd.Register(lease, Access);
             Traffic? traffic = variant == "traffic" ? new Traffic(pd, source, region) : null;
+            LeaseBreakEventArgs? broke = null;
+            using var told = new ManualResetEventSlim();
+            lease.BreakRequested += (_, e) => { broke = e; told.Set(); };   // raised after F_UNLCK
             stdout.WriteLine("ready");
             stdout.Flush();
-            lease.Broken.WaitHandle.WaitOne();   // cancelled after F_UNLCK
+            told.Wait();
             traffic?.Stop(path);
             long now = GC.GetTotalAllocatedBytes(precise: true);
-            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"released {lease.BreakToRelease!.Value.TotalMicroseconds:F1} {now - allocated}"));
+            // Where the time went: handler -> a break worker has it (watcher, F_GETDELEG, hand-over), -> teardown started,
+            // the deregistration (confirmed), and the rest up to F_UNLCK.
+            double Us(long from, long to) => Stopwatch.GetElapsedTime(from, to).TotalMicroseconds;
+            long started = region.TeardownStartedTimestamp, deregistered = region.DeregisteredTimestamp;
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"released {broke!.BreakToRelease.TotalMicroseconds:F1} {now - allocated} {Us(broke.SignalTimestamp, broke.ObservedTimestamp):F1} " +
+                $"{Us(broke.ObservedTimestamp, started):F1} {Us(started, deregistered):F1} {Us(deregistered, broke.ReleasedTimestamp):F1}"));
             stdout.Flush();
             allocated = now;
             if (b + 1 < breaks && stdin.ReadLine() != "go")

@@ -1,11 +1,11 @@
 // The breaker of the lease-break benchmark (benchmarks/guest/suites/break.sh): starts a holder (lease_holder, or
 // `RdmaLease.Benchmarks break`), and each time the holder says "ready" (lease held, region registered) opens the file
 // O_RDWR, which breaks the lease and blocks until the holder gives it back, and measures how long it was blocked.
-// The holder then says "released US [BYTES]" (its own signal -> F_UNLCK time, and what a managed holder allocated for
-// the cycle); "go" lets it take the next lease.
+// The holder then says "released US [MORE...]" (its own signal -> F_UNLCK time, then whatever else it measured);
+// "go" lets it take the next lease (not after the last break: the holder has exited).
 //
 //   usage: lease_breaker FILE BREAKS HOLDER [ARGS...]
-// Prints one line per break: "break INDEX RELEASED_US BLOCKED_US BYTES". Written in C so its own timing has no managed noise.
+// Prints one line per break: "break INDEX BLOCKED_US RELEASED_US [MORE...]". Written in C so its own timing has no managed noise.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -56,15 +56,15 @@ int main(int argc, char **argv)
         uint64_t blocked = now_ns() - t0;
         if (fd < 0) { fprintf(stderr, "lease_breaker: open %s: %s\n", path, strerror(errno)); failed = 1; break; }
         close(fd);   // before "go": the holder's next lease needs no other opener
-        double released, allocated = 0;   // a managed holder adds the bytes it allocated for the cycle
-        if (!fgets(line, sizeof line, in) || sscanf(line, "released %lf %lf", &released, &allocated) < 1) {
+        double released;
+        if (!fgets(line, sizeof line, in) || sscanf(line, "released %lf", &released) != 1) {
             fprintf(stderr, "lease_breaker: break %d: the holder said '%s' instead of 'released US'\n", done, feof(in) ? "(exit)" : line);
             failed = 1;
             break;
         }
-        printf("break %d %.1f %.1f %.0f\n", done, released, (double)blocked / 1000.0, allocated);
+        printf("break %d %.1f %s", done, (double)blocked / 1000.0, line + strlen("released "));
         fflush(stdout);
-        if (write(to_holder[1], "go\n", 3) != 3) { perror("write to holder"); failed = 1; break; }
+        if (done + 1 < breaks && write(to_holder[1], "go\n", 3) != 3) { perror("write to holder"); failed = 1; break; }
     }
     close(to_holder[1]);
     int status;

@@ -1,5 +1,5 @@
-// The C twin of `RdmaLease.Benchmarks break` (BreakCost.cs), driven by lease_breaker: per break, opens FILE, maps it,
-// takes a write delegation (F_SETDELEG; a lease where the kernel has none) with F_SETSIG, registers an ODP region over
+// The C twin of `RdmaLease.Benchmarks break` (BreakCost.cs), driven by lease_breaker: per break, opens FILE (created REGION_BYTES long if missing),
+// maps it, takes a write delegation (F_SETDELEG; a lease where the kernel has none) with F_SETSIG, registers an ODP region over
 // the whole mapping and says "ready". Its SA_SIGINFO handler stamps the signal and writes it to a pipe; the main thread
 // reads it, deregisters the region, gives the delegation back (F_UNLCK) and says "released US" (signal -> F_UNLCK).
 // VARIANT traffic: a thread keeps 4 KiB RDMA WRITEs going into the region (loopback RC pair) until the break stops them.

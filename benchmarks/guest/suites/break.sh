@@ -28,7 +28,7 @@ fi
 work=$(mktemp -d /tmp/rdma-lease-break.XXXXXX)
 trap 'rm -rf "$work"; rm -f "$file"' EXIT
 
-# run IMPL VARIANT N: N breaks of one holder process; "break INDEX RELEASED_US BLOCKED_US BYTES" per break.
+# run IMPL VARIANT N: N breaks of one holder process; "break INDEX BLOCKED_US RELEASED_US [MORE...]" per break.
 run() {
     local impl=$1 variant=$2 n=$3 holder
     case $impl in
@@ -41,20 +41,25 @@ run() {
     "$breaker" "$file" "$n" "${holder[@]}" "$device" "$file" "$region" "$n" "$variant"
 }
 
-# summarize CASE IMPL FILE: FILE holds "released blocked alloc" per break; median and p99 (nearest rank) rows.
+# summarize CASE IMPL FILE: FILE holds "released blocked [alloc watcher dispatch dereg unlock]" per break (the
+# holder's fields after "released"); rows: median and p99 (nearest rank) of the first two, medians of the others.
 summarize() {
     local case=$1 impl=$2 f=$3 col metric
-    for col in 1 2 3; do
-        metric=$(case $col in 1) echo break_release;; 2) echo breaker_blocked;; 3) echo alloc_bytes_per_op;; esac)
-        [ "$col" = 3 ] && [ "$impl" = c ] && continue
+    for col in 1 2 3 4 5 6 7; do
+        metric=$(case $col in 1) echo break_release;; 2) echo breaker_blocked;; 3) echo alloc_bytes_per_op;;
+            4) echo phase_signal_to_worker;; 5) echo phase_worker_to_teardown;; 6) echo phase_deregister;; 7) echo phase_to_unlock;; esac)
+        # The C holder reports no phases; the gc case's allocations are the collector thread's.
+        [ "$col" -ge 3 ] && { [ "$impl" = c ] || { [ "$col" = 3 ] && [ "$case" = break_gc ]; }; } && continue
         cut -d' ' -f$col "$f" | sort -g | awk -v s="break,$case,$impl,$region,$round" -v m="$metric" '
-            { v[NR] = $1 }
+            $1 != "" { v[++n] = $1 }
             END {
-                if (NR == 0) exit
-                med = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+                if (n == 0) exit
+                med = n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
                 if (m == "alloc_bytes_per_op") { printf "%s,%s,%s,B\n", s, m, med; exit }
-                p = int(0.99 * NR); if (p < 0.99 * NR) p++
-                printf "%s,%s_us,%s,us\n%s,%s_p99_us,%s,us\n", s, m, med, s, m, v[p] }' >> "$out/results.csv"
+                printf "%s,%s_us,%s,us\n", s, m, med
+                if (m ~ /^phase/) exit
+                p = int(0.99 * n); if (p < 0.99 * n) p++
+                printf "%s,%s_p99_us,%s,us\n", s, m, v[p] }' >> "$out/results.csv"
     done
     awk -v s="break,$case,$impl,$region,$round" '{ printf "%s,%d,%s,us\n", s, NR - 1, $1 }' "$f" >> "$out/samples.csv"
 }
@@ -63,17 +68,17 @@ for variant in idle traffic gc; do
     for impl in "${impls[@]}"; do
         # breaks+1: the process's first break belongs to break_first, not here
         run "$impl" "$variant" $((breaks + 1)) > "$work/raw"
-        awk '$2 > 0 { print $3, $4, $5 }' "$work/raw" > "$work/$variant-$impl"
+        awk '$2 > 0 { $1 = $2 = ""; t = $3; $3 = $4; $4 = t; print substr($0, 3) }' "$work/raw" > "$work/$variant-$impl"
         summarize "break_$variant" "$impl" "$work/$variant-$impl"
     done
 done
 : > "$work/first"
 for ((k = 0; k < firsts; k++)); do
     for impl in "${impls[@]}"; do
-        run "$impl" idle 1 | awk -v impl="$impl" '{ print impl, $3, $4, $5 }' >> "$work/first"
+        run "$impl" idle 1 | awk -v impl="$impl" '{ $1 = impl; $2 = ""; t = $3; $3 = $4; $4 = t; sub(/  /, " "); print }' >> "$work/first"
     done
 done
 for impl in "${impls[@]}"; do
-    awk -v impl="$impl" '$1 == impl { print $2, $3, $4 }' "$work/first" > "$work/first-$impl"
+    awk -v impl="$impl" '$1 == impl { sub(/^[^ ]+ /, ""); print }' "$work/first" > "$work/first-$impl"
     summarize break_first "$impl" "$work/first-$impl"
 done
