@@ -1,5 +1,6 @@
 // The C twin of `RdmaLease.Benchmarks reg` (RegCost.cs): registration and deregistration time by size, each timed
-// alone, for one kind of memory. Every page is written before the first registration (data present, as in use).
+// alone, for one kind of memory. Every page is written before the first registration (data present, as in use); a
+// file's region goes over a second mapping of it, as rdma-lease registers one.
 //
 //   usage: reg_cost DEVICE KIND MAX_BYTES ITERATIONS [FILE]
 //   KIND: odp-fsdax (FILE on FS-DAX, MAP_SHARED, IBV_ACCESS_ON_DEMAND), pinned-anon (anonymous memory),
@@ -34,6 +35,14 @@ int main(int argc, char **argv)
     }
     CHECK(memory != MAP_FAILED, "mmap");
     for (size_t i = 0; i < max; i += 4096) memory[i] = (uint8_t)(i >> 12 | 1);
+    if (file) {
+        // As rdma-lease's DaxFile does: the region goes over a second mapping of the file, not the one written through
+        // (whose page tables are populated, which rxe's ODP registration would copy).
+        uint8_t *second = mmap(NULL, max, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        CHECK(second != MAP_FAILED, "mmap (registration)");
+        munmap(memory, max);
+        memory = second;
+    }
     int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | (odp ? IBV_ACCESS_ON_DEMAND : 0);
     const char *name = odp ? "reg_odp_fsdax" : file ? "reg_pinned_pagecache" : "reg_pinned_anon";
     uint64_t *reg = calloc((size_t)iterations, sizeof *reg), *dereg = calloc((size_t)iterations, sizeof *dereg);

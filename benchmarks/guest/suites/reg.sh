@@ -7,7 +7,8 @@
 #   reg_pinned_anon       anonymous memory, pinned: C ibv_reg_mr, C# ProtectionDomain.Register
 #   reg_pinned_pagecache  a file on a tmpfs this suite mounts (page cache; /mnt/tmpfs holds only 256 MiB), MAP_SHARED,
 #                         pinned: C ibv_reg_mr, C# a leased registration with Mode = Pinned (AllowNonDax)
-# Every page is written before the first registration. The FS-DAX sizes stop at what /mnt/xfs holds (1 GiB NVDIMM:
+# Every page is written before the first registration; a file's region goes over a second mapping of it (rdma-lease's
+# DaxFile registers one, and the C twin does the same). The FS-DAX sizes stop at what /mnt/xfs holds (1 GiB NVDIMM:
 # 256 MiB; RDMA_LEASE_XFS_SIZE=2G: 1 GiB). Also alloc_bytes_per_op (C#: managed bytes per register + deregister).
 #   usage: reg.sh ROUND OUTDIR      (cwd: the repository; RDMA_LEASE_BENCH_QUICK=1: up to 1 MiB, 2 iterations)
 set -euo pipefail
@@ -29,7 +30,8 @@ fits() {
 
 pagecache=/tmp/rdma-lease-reg-pagecache
 mkdir -p "$pagecache"
-mountpoint -q "$pagecache" || mount -t tmpfs -o size=$((max / 1048576 + 64))M tmpfs "$pagecache"
+# 1.25 x the largest size: fits() keeps 10% of the free space back.
+mountpoint -q "$pagecache" || mount -t tmpfs -o size=$((max / 1048576 * 5 / 4 + 64))M tmpfs "$pagecache"
 trap 'umount "$pagecache" 2>/dev/null || true' EXIT
 
 # emit IMPL: program lines "CASE SIZE METRIC VALUE" on stdin -> results.csv rows.
