@@ -154,6 +154,17 @@ aot_publish() {
         > "$log" 2>&1 || { tail -n 40 "$log" >&2; echo "the NativeAOT publish failed (log: $log)" >&2; return 1; }
 }
 
+# bench_aot: RdmaLease.Benchmarks published with NativeAOT into artifacts/aot/RdmaLease.Benchmarks, for the lease-break
+# suite's cs-aot holder (benchmarks/guest/suites/break.sh). The log is kept beside it.
+bench_aot() {
+    build_native
+    local out=$RL_REPO/artifacts/aot/RdmaLease.Benchmarks log=$RL_REPO/artifacts/aot/RdmaLease.Benchmarks.publish.log
+    rm -rf "$out"; mkdir -p "$out"
+    rl_stage bench-aot dotnet publish "$RL_REPO/benchmarks/RdmaLease.Benchmarks/RdmaLease.Benchmarks.csproj" -c "$CONFIG" \
+        -r linux-x64 -nologo -o "$out" -p:PublishAot=true > "$log" 2>&1 ||
+        { tail -n 40 "$log" >&2; rl_die "the benchmarks' NativeAOT publish failed (log: $log)"; }
+}
+
 # consumer: what a user does with the packages. A fresh `dotnet new console` outside the repository (so none of
 # its build settings apply), a nuget.config naming only artifacts/packages and, for the packages ours depend on,
 # this machine's global packages folder (as a local feed: nothing is downloaded), a private packages folder (so no
@@ -275,7 +286,7 @@ case $verb in
         done
         [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm [--share DIR] -- CMD..."
         setup >/dev/null; run_guest "${vm_args[@]}" -- "$@" ;;
-    bench) setup; build; n=${1:-20000} m=${2:-100}
+    bench) setup; build; bench_aot; n=${1:-20000} m=${2:-100}
         bench_dll=artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll
         run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec $bench_dll interop rxelo $n && dotnet exec $bench_dll grants rxelo $m" ;;
     pack) pack ;;

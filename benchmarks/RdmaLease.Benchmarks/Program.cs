@@ -3,6 +3,8 @@
 // and only ratios are compared (the guest runs under TCG emulation); then the per-post cost of the
 // ODP quirk (docs/known-defects.md), on the same device opened with and without it.
 // `grants DEVICE ITERATIONS [DIRECTORY]`: memory-window grants against registrations (GrantCost.cs).
+// `reg ...`: registration time by size and kind of memory (RegCost.cs); `break ...`: the lease holder of the
+// break-to-release benchmark (BreakCost.cs). Both have C twins in benchmarks/c.
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -13,18 +15,27 @@ using RdmaLease.Verbs;
 
 bool interop = args.Length == 3 && args[0] == "interop";
 bool grants = args.Length is 3 or 4 && args[0] == "grants";
-if (!interop && !grants)
+bool reg = args.Length is 5 or 6 && args[0] == "reg";
+bool lease = args.Length == 6 && args[0] == "break";
+if (!interop && !grants && !reg && !lease)
 {
     Console.Error.WriteLine("usage: RdmaLease.Benchmarks interop DEVICE ITERATIONS\n" +
-        "       RdmaLease.Benchmarks grants DEVICE ITERATIONS [DIRECTORY on FS-DAX, default /mnt/xfs]");
+        "       RdmaLease.Benchmarks grants DEVICE ITERATIONS [DIRECTORY on FS-DAX, default /mnt/xfs]\n" +
+        "       RdmaLease.Benchmarks reg DEVICE odp-fsdax|pinned-anon|pinned-pagecache MAX_BYTES ITERATIONS [FILE]\n" +
+        "       RdmaLease.Benchmarks break DEVICE FILE REGION_BYTES BREAKS idle|traffic|gc   (driven by lease_breaker)");
     return 2;
 }
 // This assembly imports the verbs shim itself (below): through the library's one resolver, like every rdma-lease load.
 NativeLibraries.RegisterResolver(typeof(InteropCost).Assembly, NativeLibraries.VerbsShimInfo);
+var inv = CultureInfo.InvariantCulture;
 if (interop)
-    InteropCost.Run(args[1], long.Parse(args[2], CultureInfo.InvariantCulture));
+    InteropCost.Run(args[1], long.Parse(args[2], inv));
+else if (grants)
+    GrantCost.Run(args[1], int.Parse(args[2], inv), args.Length == 4 ? args[3] : "/mnt/xfs");
+else if (reg)
+    RegCost.Run(args[1], args[2], ulong.Parse(args[3], inv), int.Parse(args[4], inv), args.Length == 6 ? args[5] : null);
 else
-    GrantCost.Run(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), args.Length == 4 ? args[3] : "/mnt/xfs");
+    return BreakCost.Run(args[1], args[2], long.Parse(args[3], inv), int.Parse(args[4], inv), args[5]);
 return 0;
 
 static unsafe partial class InteropCost

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Tmds.Linux;
 
@@ -203,6 +204,7 @@ public sealed class FileLease : IDisposable
         ArgumentNullException.ThrowIfNull(file);
         options ??= new LeaseOptions();
         int signal = LeaseSignals.EnsureStarted();
+        LeaseSignals.WaitWarm();   // the break path compiled before any lease can break
         lock (file.AcquisitionGate)
             return Acquire(file, options, signal);
     }
@@ -308,6 +310,7 @@ public sealed class FileLease : IDisposable
     /// F_GETLEASE/F_GETDELEG: true when the kernel no longer holds the lease as granted (a break is pending, or the
     /// kernel removed it). <paramref name="pendingType"/> is what it reports (-1 when the call failed).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // the break path: optimized at once (LeaseSignals.Warmup)
     internal bool KernelBreakPending(out int pendingType)
     {
         int held = Type == LeaseType.Read ? LibC.F_RDLCK : LibC.F_WRLCK;
@@ -339,6 +342,7 @@ public sealed class FileLease : IDisposable
     /// Called by the watcher for a signal naming this lease's descriptor (or a rescan). Returns false when
     /// F_GETLEASE/F_GETDELEG shows the lease intact (a spurious signal) or the lease is not active.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // the break path: optimized at once (LeaseSignals.Warmup)
     internal bool ConfirmBreak()
     {
         if (!IsActive)
@@ -347,6 +351,7 @@ public sealed class FileLease : IDisposable
     }
 
     /// <summary>Handles a confirmed break (on a break worker thread): see <see cref="End"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // the break path: optimized at once (LeaseSignals.Warmup)
     internal void OnBreak(long signalTimestamp, int signalCode)
     {
         long observed = Stopwatch.GetTimestamp();
@@ -369,6 +374,7 @@ public sealed class FileLease : IDisposable
     /// region that cannot be confirmed leaves the placeholder in place and its range reserved (and, if pinned, its
     /// protection domain quarantined); (4) F_UNLCK; (5) the application told, off this thread.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // the break path: optimized at once (LeaseSignals.Warmup)
     private bool End(long breakSignal, int signalCode, int pendingType, long observed)
     {
         Dependent[] dependents = [];

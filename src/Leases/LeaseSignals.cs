@@ -52,6 +52,10 @@ public static class LeaseSignals
     internal static int BreakWorkerCount { get; } = Math.Max(4, Environment.ProcessorCount);
 
     private static int s_workers, s_idleWorkers;
+    private static readonly ManualResetEventSlim s_warm = new(false);
+
+    /// <summary>How long a lease acquisition waits for the break path's warm-up before it goes ahead anyway.</summary>
+    internal static TimeSpan WarmupLimit { get; } = TimeSpan.FromSeconds(30);
 
     /// <summary>The signal the kernel sends on a lease break (F_SETSIG): the chosen one, else SIGRTMIN+5.</summary>
     public static int SignalNumber
@@ -104,12 +108,27 @@ public static class LeaseSignals
     }
 
     /// <summary>
-    /// Installs the break handlers and starts the watcher, the break workers and the warm-up that compiles the break path,
-    /// now rather than at the first lease (a host does this at start, so the first break is not slowed by the JIT).
-    /// Idempotent; the first lease does it otherwise.
+    /// Installs the break handlers, starts the watcher and the break workers, and compiles the break path (returns when
+    /// it is compiled), now rather than at the first lease: a host does this at start, so its first lease is not
+    /// delayed by the warm-up. Idempotent; the first lease does it otherwise.
     /// </summary>
     /// <exception cref="InvalidOperationException">Another copy of this assembly in the process already delivers breaks.</exception>
-    public static void Start() => EnsureStarted();
+    public static void Start()
+    {
+        EnsureStarted();
+        WaitWarm();
+    }
+
+    /// <summary>
+    /// Waits (at most <see cref="WarmupLimit"/>) until the warm-up has compiled the break path. Every acquisition calls
+    /// this before the lease is granted: under the JIT, a process's first break otherwise compiled that path against the
+    /// kernel's deadline (0.5-1 s under TCG, measured by the break benchmark).
+    /// </summary>
+    internal static void WaitWarm()
+    {
+        if (!s_warm.IsSet && !s_warm.Wait(WarmupLimit))
+            Trace.TraceWarning($"rdma-lease: the break path's warm-up took more than {WarmupLimit.TotalSeconds} s; the lease is granted without it");
+    }
 
     /// <summary>Installs the handlers and starts the watcher and the break workers (once); returns the signal for F_SETSIG.</summary>
     /// <exception cref="InvalidOperationException">Another copy of this assembly in the process already delivers breaks.</exception>
@@ -178,6 +197,7 @@ public static class LeaseSignals
     /// Hands a confirmed break to a break worker, once per lease (a rescan finding it again while it waits is ignored). If
     /// every worker is busy (slow teardowns elsewhere), another is started: one lease's teardown never waits for another's.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // the break path: optimized at once, never tier-0 or rejitted mid-run
     internal static void Dispatch(FileLease lease, long timestamp, int code)
     {
         if (!lease.TryMarkBreakQueued())
@@ -237,6 +257,7 @@ public static class LeaseSignals
     /// <summary>Test hook: the watcher's next loop throws, as an unexpected failure would.</summary>
     internal static void InjectWatcherFault() => Volatile.Write(ref s_injectWatcherFault, 1);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // the break path: optimized at once, never tier-0 or rejitted mid-run
     private static unsafe void WatchOnce()
     {
         const int Capacity = 64;
@@ -288,6 +309,7 @@ public static class LeaseSignals
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // the break path: optimized at once, never tier-0 or rejitted mid-run
     private static void BreakWorker()
     {
         while (true)
@@ -312,16 +334,19 @@ public static class LeaseSignals
     }
 
     /// <summary>
-    /// Compiles the break path ahead, on its own thread when the first lease is taken: under the JIT, the first break
-    /// of a process otherwise spends its time compiling the methods between the signal and F_UNLCK, against the
-    /// kernel's deadline. Only the types on that path: preparing whole unrelated classes took seconds under TCG.
+    /// Compiles the break path ahead, on its own thread when the first lease is taken (which waits for it before the
+    /// kernel grants the lease): under the JIT, the first break of a process otherwise spends its time compiling the
+    /// methods between the signal and F_UNLCK, against the kernel's deadline. Only the types on that path: preparing whole unrelated classes took seconds under TCG.
     /// </summary>
     private static class Warmup
     {
         public static void Run()
         {
             if (!RuntimeFeature.IsDynamicCodeCompiled)
+            {
+                s_warm.Set();
                 return;   // NativeAOT: compiled ahead of time
+            }
             long start = Stopwatch.GetTimestamp();
             try
             {
@@ -343,18 +368,37 @@ public static class LeaseSignals
                 Trace.TraceWarning($"rdma-lease: compiling the break path ahead failed (it is compiled on first use instead): {e.Message}");
             }
             LeaseDiagnostics.WarmupTime = Stopwatch.GetElapsedTime(start);
+            s_warm.Set();
         }
 
-        /// <summary>Prepares the named methods of <paramref name="type"/> (null: all of them) and its local functions.</summary>
+        private const System.Reflection.BindingFlags All = System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic
+            | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.DeclaredOnly;
+
+        /// <summary>
+        /// Prepares the named methods of <paramref name="type"/> (null: all of them), its local functions, and the lambdas
+        /// the compiler put in nested closure classes (End's teardown steps are lambdas).
+        /// </summary>
         private static void Prepare(
             [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicMethods | DynamicallyAccessedMemberTypes.NonPublicMethods
                 | DynamicallyAccessedMemberTypes.PublicConstructors | DynamicallyAccessedMemberTypes.NonPublicConstructors)] Type type, params string[]? names)
         {
-            const System.Reflection.BindingFlags All = System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic
-                | System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.DeclaredOnly;
             foreach (var m in type.GetMethods(All))
             {
                 if (names is null || Array.IndexOf(names, m.Name) >= 0 || m.Name.StartsWith('<'))
+                    PrepareOne(m);
+            }
+            PrepareClosures(type);
+        }
+
+        [UnconditionalSuppressMessage("Trimming", "IL2070", Justification = "Only under the JIT; a closure class the trimmer removed is never run, so has nothing to prepare.")]
+        [UnconditionalSuppressMessage("Trimming", "IL2075", Justification = "As above.")]
+        private static void PrepareClosures(Type type)
+        {
+            foreach (var closure in type.GetNestedTypes(System.Reflection.BindingFlags.NonPublic))
+            {
+                if (!closure.Name.StartsWith('<') || closure.ContainsGenericParameters)
+                    continue;
+                foreach (var m in closure.GetMethods(All))
                     PrepareOne(m);
             }
         }

@@ -25,6 +25,9 @@ Console.WriteLine($"flush: {file.Flush(0, 4096)}");
 
 using var lease = file.AcquireLease();
 Console.WriteLine($"lease: {lease.Mechanism} ({lease.Type})");
+// The process's first lease is granted only once the break path is compiled (WarmupTime is set when it is).
+Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+    $"warm-up: done before the lease {LeaseDiagnostics.WarmupTime > TimeSpan.Zero} ({LeaseDiagnostics.WarmupTime.TotalMilliseconds:F0} ms)"));
 var psi = new ProcessStartInfo(probe) { RedirectStandardOutput = true };
 foreach (var a in new[] { "truncate", path, "0" })
     psi.ArgumentList.Add(a);

@@ -4,7 +4,8 @@ namespace RdmaLease.Tests.Packaging;
 /// A program that uses only DAX files and leases (tests/LeaseOnlyApp) runs where libibverbs cannot be loaded: a child
 /// process in its own mount namespace (unshare -m) in which every libibverbs.so.1 file of the system has /dev/null
 /// bind-mounted over it, so the dynamic loader really fails on it. The program maps and flushes a file, has its lease
-/// broken by another process's truncate and given back, reports which native libraries it mapped, and only then asks
+/// broken by another process's truncate and given back (its first lease granted only once the break path was compiled),
+/// reports which native libraries it mapped, and only then asks
 /// for libibverbs, which must fail with our guidance. The same program without the hiding loads libibverbs: the
 /// failure is the hiding's doing.
 /// </summary>
@@ -54,6 +55,8 @@ public class LeaseOnlyTests
     {
         Assert.That(r.ExitCode, Is.Zero, r.Output);
         Assert.That(r.Stdout, Does.Contain("break: observed True").And.Contain("truncate ok"), r.Output);
+        // A fresh process: its first AcquireLease returned only after the warm-up compiled the break path (LeaseSignals.WaitWarm).
+        Assert.That(r.Stdout, Does.Contain("warm-up: done before the lease True"), r.Output);
         string mapped = r.Stdout.Split('\n').Single(l => l.StartsWith("mapped:", StringComparison.Ordinal));
         Assert.That(mapped, Does.Contain("librdmalease_leases.so"), "the lease library was loaded");
         Assert.That(mapped, Does.Not.Contain("libibverbs").And.Not.Contain("librdmalease_verbs").And.Not.Contain("librdmacm"),
