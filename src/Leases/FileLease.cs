@@ -56,7 +56,6 @@ public sealed class FileLease : IDisposable
         Mechanism = mechanism;
         Type = type;
         DelegationUnavailableReason = whyNotDelegation;
-        AcquiredTimestamp = Stopwatch.GetTimestamp();
     }
 
     /// <summary>Test hook: every break's managed teardown starts this much later (as after a long pause or a stuck thread).</summary>
@@ -124,8 +123,11 @@ public sealed class FileLease : IDisposable
     /// </summary>
     public event EventHandler<LeaseBreakEventArgs>? BreakRequested;
 
-    /// <summary>Stopwatch timestamp of the acquisition.</summary>
-    public long AcquiredTimestamp { get; }
+    /// <summary>
+    /// Stopwatch timestamp of the kernel's grant (right after F_SETDELEG/F_SETLEASE succeeded: after the file's previous
+    /// lease was given back, which an acquisition waits for).
+    /// </summary>
+    public long AcquiredTimestamp { get; private set; }
 
     /// <summary>Stopwatch timestamp of the break signal (from the native handler), 0 when not broken.</summary>
     public long BreakSignalTimestamp => Interlocked.Read(ref _signalTimestamp);
@@ -261,6 +263,7 @@ public sealed class FileLease : IDisposable
                 return false;
             }
             taken = true;
+            AcquiredTimestamp = Stopwatch.GetTimestamp();
             // A truncate between the open and the lease leaves part of the mapping past EOF (SIGBUS on access, and a
             // region over it would reach whatever the file grows into next): refuse such a lease.
             long size = File.CurrentSize();
