@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
 using RdmaLease.Verbs.Internal;
 
 namespace RdmaLease.Verbs;
@@ -49,14 +51,24 @@ public readonly ref struct CompletionQueuePoller
     /// <exception cref="VerbsException">The provider reported a polling error.</exception>
     public int Poll(Span<WorkCompletion> completions)
     {
-        if (_held is null || !_held.IsOpen(_generation))
-            throw _held is null ? NotOpened() : new ObjectDisposedException($"a poller of {_cq}", "The poller was disposed: open another with OpenPoller().");
-        ObjectDisposedException.ThrowIf(_cq.HandleForChildren.DisposeRequested, _cq);
+        if (_held is null || !_held.IsOpen(_generation) || _cq.HandleForChildren.DisposeRequested)
+            ThrowClosed();   // out of line: the exception's building would otherwise enlarge every poll's frame
         return _cq.PollHeld(_held.Pointer, completions);
     }
 
     /// <summary>Gives the CQ's reference back (once, however often it is called).</summary>
     public void Dispose() => _held?.Close(_generation);
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    void ThrowClosed()
+    {
+        if (_held is null)
+            throw NotOpened();
+        if (!_held.IsOpen(_generation))
+            throw new ObjectDisposedException($"a poller of {_cq}", "The poller was disposed: open another with OpenPoller().");
+        throw new ObjectDisposedException(_cq.ToString());
+    }
 
     static InvalidOperationException NotOpened() =>
         new("This CompletionQueuePoller was not opened: get one from CompletionQueue.OpenPoller().");

@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
 using RdmaLease.Verbs.Internal;
 
 namespace RdmaLease.Verbs;
@@ -73,10 +75,20 @@ public readonly ref struct QueuePairPoster
 
     nint Held()
     {
-        if (_held is null || !_held.IsOpen(_generation))
-            throw _held is null ? NotOpened() : new ObjectDisposedException($"a poster of {_qp}", "The poster was disposed: open another with OpenPoster().");
-        ObjectDisposedException.ThrowIf(_qp.HandleForChildren.DisposeRequested, _qp);
+        if (_held is null || !_held.IsOpen(_generation) || _qp.HandleForChildren.DisposeRequested)
+            ThrowClosed();   // out of line: the exception's building would otherwise enlarge every post's frame
         return _held.Pointer;
+    }
+
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    void ThrowClosed()
+    {
+        if (_held is null)
+            throw NotOpened();
+        if (!_held.IsOpen(_generation))
+            throw new ObjectDisposedException($"a poster of {_qp}", "The poster was disposed: open another with OpenPoster().");
+        throw new ObjectDisposedException(_qp.ToString());
     }
 
     static InvalidOperationException NotOpened() =>
