@@ -84,61 +84,32 @@ static unsafe partial class InteropCost
         var providerPollNoTransition = (delegate* unmanaged[SuppressGCTransition]<ibv_cq*, int, ibv_wc*, int>)providerPoll;
         var source = buffer.Slice(0, 8);
         var target = buffer.ToRemote();
-        long sum = 0;   // every poll's result is used; an empty CQ must give 0
 
-        for (int round = 0; round < 2; round++)   // the first round warms up the JIT tiers
+        // The first round warms up the JIT tiers; the pause lets the runtime finish compiling the library's methods at
+        // tier 1 in the background (its tiering delay), so the measured round runs what a long-running loop would. The
+        // loops are methods of their own, optimized at once (AggressiveOptimization), as a loop that runs for long is
+        // after on-stack replacement.
+        for (int round = 0; round < 2; round++)
         {
             bool report = round == 1;
-            Measure("poll_empty", polls, () => { long t = Stopwatch.GetTimestamp(); for (long i = 0; i < polls; i++) sum += cq.Poll(wc); return Stopwatch.GetTimestamp() - t; }, report, allocations: true);
-            Measure("poll_empty_poller", polls, () =>
-            {
-                long t = Stopwatch.GetTimestamp();
-                using var poller = cq.OpenPoller();
-                for (long i = 0; i < polls; i++)
-                    sum += poller.Poll(wc);
-                return Stopwatch.GetTimestamp() - t;
-            }, report, allocations: true);
-            Measure("poll_empty_shim", polls, () => { long t = Stopwatch.GetTimestamp(); for (long i = 0; i < polls; i++) sum += RdmaLeaseNative.PollCq(raw, 8, rawWc); return Stopwatch.GetTimestamp() - t; }, report);
-            Measure("poll_empty_shim_transition", polls, () => { long t = Stopwatch.GetTimestamp(); for (long i = 0; i < polls; i++) sum += PollCqWithTransition(raw, 8, rawWc); return Stopwatch.GetTimestamp() - t; }, report);
-            Measure("poll_empty_provider_pointer", polls, () => { long t = Stopwatch.GetTimestamp(); for (long i = 0; i < polls; i++) sum += providerPollNoTransition(raw, 8, rawWc); return Stopwatch.GetTimestamp() - t; }, report);
-            Measure("poll_empty_provider_pointer_transition", polls, () => { long t = Stopwatch.GetTimestamp(); for (long i = 0; i < polls; i++) sum += providerPoll(raw, 8, rawWc); return Stopwatch.GetTimestamp() - t; }, report);
-            Measure("poll_empty_ex", polls, () => { long t = Stopwatch.GetTimestamp(); for (long i = 0; i < polls; i++) sum += cqx.Poll(wc); return Stopwatch.GetTimestamp() - t; }, report);
-            if (sum != 0)
-                throw new InvalidOperationException($"an empty CQ returned completions ({sum})");
+            if (report)
+                Thread.Sleep(1000);
+            Measure("poll_empty", polls, () => PollLoop(cq, wc, polls), report, allocations: true);
+            Measure("poll_empty_poller", polls, () => PollerLoop(cq, wc, polls), report, allocations: true);
+            Measure("poll_empty_shim", polls, () => ShimLoop(raw, rawWc, polls, transition: false), report);
+            Measure("poll_empty_shim_transition", polls, () => ShimLoop(raw, rawWc, polls, transition: true), report);
+            Measure("poll_empty_provider_pointer", polls, () => ProviderLoop(raw, rawWc, polls, providerPollNoTransition), report);
+            Measure("poll_empty_provider_pointer_transition", polls, () => ProviderLoop(raw, rawWc, polls,
+                (delegate* unmanaged[SuppressGCTransition]<ibv_cq*, int, ibv_wc*, int>)null, providerPoll), report);
+            Measure("poll_empty_ex", polls, () => PollLoop(cqx, wc, polls), report);
 
             long postRounds = iterations / PostBatch / 2 + 1;
             Measure("post_send", postRounds * PostBatch, () => PostOnly(a, cq, source, target, wc, postRounds, scoped: false), report, allocations: true);
             Measure("post_send_poster", postRounds * PostBatch, () => PostOnly(a, cq, source, target, wc, postRounds, scoped: true), report, allocations: true);
 
             long rtts = iterations / Repeats + 1;
-            Measure("write_rtt_8b", rtts, () =>
-            {
-                long t = Stopwatch.GetTimestamp();
-                for (long i = 0; i < rtts; i++)
-                {
-                    a.PostWrite((ulong)i, source, target, 4096);
-                    int n;
-                    while ((n = cq.Poll(wc)) == 0) { }
-                    if (n != 1 || !wc[0].IsSuccess)
-                        throw new InvalidOperationException(wc[0].ToString());
-                }
-                return Stopwatch.GetTimestamp() - t;
-            }, report, allocations: true);
-            Measure("write_rtt_8b_scoped", rtts, () =>
-            {
-                long t = Stopwatch.GetTimestamp();
-                using var poster = a.OpenPoster();
-                using var poller = cq.OpenPoller();
-                for (long i = 0; i < rtts; i++)
-                {
-                    poster.PostWrite((ulong)i, source, target, 4096);
-                    int n;
-                    while ((n = poller.Poll(wc)) == 0) { }
-                    if (n != 1 || !wc[0].IsSuccess)
-                        throw new InvalidOperationException(wc[0].ToString());
-                }
-                return Stopwatch.GetTimestamp() - t;
-            }, report, allocations: true);
+            Measure("write_rtt_8b", rtts, () => RoundTrips(a, cq, source, target, wc, rtts, scoped: false), report, allocations: true);
+            Measure("write_rtt_8b_scoped", rtts, () => RoundTrips(a, cq, source, target, wc, rtts, scoped: true), report, allocations: true);
             if (!report)
                 continue;
 
@@ -163,10 +134,104 @@ static unsafe partial class InteropCost
         OdpQuirkCost(deviceName, iterations);
     }
 
+    // ----- the measured loops: each returns the Stopwatch ticks it took; every poll's result is used (an empty CQ gives 0) -----
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long PollLoop(CompletionQueue cq, WorkCompletion[] wc, long polls)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        for (long i = 0; i < polls; i++)
+            sum += cq.Poll(wc);
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long PollerLoop(CompletionQueue cq, WorkCompletion[] wc, long polls)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        using (var poller = cq.OpenPoller())
+        {
+            for (long i = 0; i < polls; i++)
+                sum += poller.Poll(wc);
+        }
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long ShimLoop(ibv_cq* cq, ibv_wc* wc, long polls, bool transition)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        if (transition)
+        {
+            for (long i = 0; i < polls; i++)
+                sum += PollCqWithTransition(cq, 8, wc);
+        }
+        else
+        {
+            for (long i = 0; i < polls; i++)
+                sum += RdmaLeaseNative.PollCq(cq, 8, wc);
+        }
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    /// <summary>The provider's poll_cq pointer called from C#: without the GC transition when <paramref name="fast"/> is set.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long ProviderLoop(ibv_cq* cq, ibv_wc* wc, long polls, delegate* unmanaged[SuppressGCTransition]<ibv_cq*, int, ibv_wc*, int> fast,
+        delegate* unmanaged<ibv_cq*, int, ibv_wc*, int> withTransition = null)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        if (fast != null)
+        {
+            for (long i = 0; i < polls; i++)
+                sum += fast(cq, 8, wc);
+        }
+        else
+        {
+            for (long i = 0; i < polls; i++)
+                sum += withTransition(cq, 8, wc);
+        }
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    static long Empty(long sum, long ticks) => sum == 0 ? ticks : throw new InvalidOperationException($"an empty CQ returned completions ({sum})");
+
+    /// <summary>One 8-byte WRITE posted, its completion polled, <paramref name="count"/> times: through the QP and CQ, or a poster and a poller.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long RoundTrips(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, WorkCompletion[] wc, long count, bool scoped)
+    {
+        long t = Stopwatch.GetTimestamp();
+        if (scoped)
+        {
+            using var poster = qp.OpenPoster();
+            using var poller = cq.OpenPoller();
+            for (long i = 0; i < count; i++)
+            {
+                poster.PostWrite((ulong)i, source, target, 4096);
+                int n;
+                while ((n = poller.Poll(wc)) == 0) { }
+                if (n != 1 || !wc[0].IsSuccess)
+                    throw new InvalidOperationException(wc[0].ToString());
+            }
+        }
+        else
+        {
+            for (long i = 0; i < count; i++)
+            {
+                qp.PostWrite((ulong)i, source, target, 4096);
+                int n;
+                while ((n = cq.Poll(wc)) == 0) { }
+                if (n != 1 || !wc[0].IsSuccess)
+                    throw new InvalidOperationException(wc[0].ToString());
+            }
+        }
+        return Stopwatch.GetTimestamp() - t;
+    }
+
     /// <summary>
     /// Posts <paramref name="rounds"/> × <see cref="PostBatch"/> 8-byte writes, through the QP's PostWrite or through a
     /// poster opened once, and returns the ticks the posts took: their completions are drained off the clock.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static long PostOnly(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, WorkCompletion[] wc, long rounds, bool scoped)
     {
         long ticks = 0;
