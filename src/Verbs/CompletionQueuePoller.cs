@@ -49,6 +49,7 @@ public readonly ref struct CompletionQueuePoller
     /// <returns>How many entries of <paramref name="completions"/> were filled (0 when none were ready).</returns>
     /// <exception cref="ObjectDisposedException">The poller or the CQ was disposed.</exception>
     /// <exception cref="VerbsException">The provider reported a polling error.</exception>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]   // into the caller's loop: its loads of the scope's fields can be hoisted
     public int Poll(Span<WorkCompletion> completions)
     {
         if (_held is null || !_held.IsOpen(_generation) || _cq.HandleForChildren.DisposeRequested)
