@@ -1,7 +1,9 @@
-// rdma-lease benchmarks. `interop DEVICE ITERATIONS`: the per-call costs of docs/interop.md,
-// measured the same way as benchmarks/c/verbs_cost.c so both run in one guest (./build.sh bench)
+// rdma-lease benchmarks. `interop DEVICE ITERATIONS`: the per-call costs of docs/benchmarks.md ("Per-call costs"),
+// measured the same way as benchmarks/c/verbs_cost.c so both run in one guest (benchmarks/guest/suites/percall.sh)
 // and only ratios are compared (the guest runs under TCG emulation); then the per-post cost of the
-// ODP quirk (docs/known-defects.md), on the same device opened with and without it.
+// ODP quirk (docs/known-defects.md), on the same device opened with and without it. Output: one line per figure,
+// "row,CASE,cs,PARAM,METRIC,VALUE,UNIT" (the suite adds the suite name and round); ns_per_call figures are the
+// median of Repeats runs of their loop, alloc_bytes_per_op the managed bytes this thread allocated per operation.
 // `grants DEVICE ITERATIONS [DIRECTORY]`: memory-window grants against registrations (GrantCost.cs).
 // `reg ...`: registration time by size and kind of memory (RegCost.cs); `break ...`: the lease holder of the
 // break-to-release benchmark (BreakCost.cs). Both have C twins in benchmarks/c.
@@ -44,8 +46,36 @@ static unsafe partial class InteropCost
     [LibraryImport(NativeLibraries.VerbsShim, EntryPoint = "RdmaLeaseNative_PollCq")]
     private static partial int PollCqWithTransition(ibv_cq* cq, int n, ibv_wc* wc);
 
-    static void Report(string name, long calls, long ticks) =>
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"cs {name} {ticks * 1e9 / Stopwatch.Frequency / calls:F1}"));
+    const int Repeats = 5;      // each ns_per_call figure is the median of this many runs of its loop
+    const int PostBatch = 32;   // posts timed together (the send queue holds 64), as in verbs_cost.c
+
+    static void Row(string name, double value, string metric = "ns_per_call", string unit = "ns", string param = "") =>
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"row,{name},cs,{param},{metric},{value:0.0##},{unit}"));
+
+    static void Report(string name, long calls, long ticks) => Row(name, ticks * 1e9 / Stopwatch.Frequency / calls);
+
+    /// <summary>
+    /// Runs <paramref name="loop"/> (which does <paramref name="operations"/> operations and returns the Stopwatch ticks
+    /// they took) <see cref="Repeats"/> times; reports the median ns per operation and, from the last run, the managed
+    /// bytes this thread allocated per operation (steady state: the caller warmed the loop up first).
+    /// </summary>
+    static void Measure(string name, long operations, Func<long> loop, bool report, bool allocations = false)
+    {
+        var runs = new double[Repeats];
+        long allocated = 0;
+        for (int r = 0; r < Repeats; r++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            runs[r] = loop() * 1e9 / Stopwatch.Frequency / operations;
+            allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        }
+        Array.Sort(runs);
+        if (!report)
+            return;
+        Row(name, runs[Repeats / 2]);
+        if (allocations)
+            Row(name, (double)allocated / operations, "alloc_bytes_per_op", "B");
+    }
 
     public static void Run(string deviceName, long iterations)
     {
@@ -58,112 +88,188 @@ static unsafe partial class InteropCost
         using var buffer = pd.AllocateBuffer(8192, AccessFlags.LocalWrite | AccessFlags.RemoteWrite);
 
         var wc = new WorkCompletion[8];
-        long polls = iterations * 100;
+        long polls = iterations * 10;
         ibv_cq* raw = cq.Cq;
-        ibv_wc* rawWc = stackalloc ibv_wc[8];
+        var rawWc = (ibv_wc*)NativeMemory.Alloc(8, (nuint)sizeof(ibv_wc));
         var providerPoll = raw->context->ops.poll_cq;
         var providerPollNoTransition = (delegate* unmanaged[SuppressGCTransition]<ibv_cq*, int, ibv_wc*, int>)providerPoll;
+        var source = buffer.Slice(0, 8);
+        var target = buffer.ToRemote();
 
-        for (int round = 0; round < 2; round++)   // the first round warms up the JIT tiers
+        // The first round warms up the JIT tiers; the pause lets the runtime finish compiling the library's methods at
+        // tier 1 in the background (its tiering delay), so the measured round runs what a long-running loop would. The
+        // loops are methods of their own, optimized at once (AggressiveOptimization), as a loop that runs for long is
+        // after on-stack replacement.
+        for (int round = 0; round < 2; round++)
         {
             bool report = round == 1;
-            long sum = 0;   // every poll's result is used; an empty CQ must give 0
-            long t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < polls; i++)
-                sum += cq.Poll(wc);
-            if (report) Report("poll-empty CompletionQueue.Poll (safe layer)", polls, Stopwatch.GetTimestamp() - t);
+            if (report)
+                Thread.Sleep(1000);
+            Measure("poll_empty", polls, () => PollLoop(cq, wc, polls), report, allocations: true);
+            Measure("poll_empty_poller", polls, () => PollerLoop(cq, wc, polls), report, allocations: true);
+            Measure("poll_empty_shim", polls, () => ShimLoop(raw, rawWc, polls, transition: false), report);
+            Measure("poll_empty_shim_transition", polls, () => ShimLoop(raw, rawWc, polls, transition: true), report);
+            Measure("poll_empty_provider_pointer", polls, () => ProviderLoop(raw, rawWc, polls, providerPollNoTransition), report);
+            Measure("poll_empty_provider_pointer_transition", polls, () => ProviderLoop(raw, rawWc, polls,
+                (delegate* unmanaged[SuppressGCTransition]<ibv_cq*, int, ibv_wc*, int>)null, providerPoll), report);
+            Measure("poll_empty_ex", polls, () => PollLoop(cqx, wc, polls), report);
 
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < polls; i++)
-                sum += RdmaLeaseNative.PollCq(raw, 8, rawWc);
-            if (report) Report("poll-empty shim P/Invoke, SuppressGCTransition", polls, Stopwatch.GetTimestamp() - t);
+            long postRounds = iterations / PostBatch / 2 + 1;
+            Measure("post_send", postRounds * PostBatch, () => PostOnly(a, cq, source, target, wc, postRounds, scoped: false), report, allocations: true);
+            Measure("post_send_poster", postRounds * PostBatch, () => PostOnly(a, cq, source, target, wc, postRounds, scoped: true), report, allocations: true);
 
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < polls; i++)
-                sum += PollCqWithTransition(raw, 8, rawWc);
-            if (report) Report("poll-empty shim P/Invoke, with GC transition", polls, Stopwatch.GetTimestamp() - t);
-
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < polls; i++)
-                sum += providerPoll(raw, 8, rawWc);
-            if (report) Report("poll-empty provider pointer from C#, with GC transition", polls, Stopwatch.GetTimestamp() - t);
-
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < polls; i++)
-                sum += providerPollNoTransition(raw, 8, rawWc);
-            if (report) Report("poll-empty provider pointer from C#, SuppressGCTransition", polls, Stopwatch.GetTimestamp() - t);
-
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < polls; i++)
-                sum += cqx.Poll(wc);
-            if (report) Report("poll-empty CompletionQueue.Poll, extended CQ (safe layer)", polls, Stopwatch.GetTimestamp() - t);
-
-            ibv_cq_ex* rawEx = (ibv_cq_ex*)cqx.Cq;
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < polls; i++)
-                sum += RdmaLeaseNative.PollCqEx(rawEx, 8, rawWc);
-            if (report) Report("poll-empty shim PollCqEx (start/next/end poll), SuppressGCTransition", polls, Stopwatch.GetTimestamp() - t);
-
-            if (sum != 0)
-                throw new InvalidOperationException($"an empty CQ returned completions ({sum})");
-            var source = buffer.Slice(0, 8);
-            var target = buffer.ToRemote();
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < iterations; i++)
-            {
-                a.PostWrite((ulong)i, source, target, 4096);
-                int n;
-                while ((n = cq.Poll(wc)) == 0) { }
-                if (n != 1 || !wc[0].IsSuccess)
-                    throw new InvalidOperationException(wc[0].ToString());
-            }
-            if (report) Report("write-roundtrip QueuePair.PostWrite + Poll (safe layer)", iterations, Stopwatch.GetTimestamp() - t);
-
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < iterations; i++)
-            {
-                ax.PostWrite((ulong)i, source, target, 4096);
-                int n;
-                while ((n = cqx.Poll(wc)) == 0) { }
-                if (n != 1 || !wc[0].IsSuccess)
-                    throw new InvalidOperationException(wc[0].ToString());
-            }
-            if (report) Report("write-roundtrip QueuePair.PostWrite + Poll, extended CQ (safe layer)", iterations, Stopwatch.GetTimestamp() - t);
+            long rtts = iterations / Repeats + 1;
+            Measure("write_rtt_8b", rtts, () => RoundTrips(a, cq, source, target, wc, rtts, scoped: false), report, allocations: true);
+            Measure("write_rtt_8b_scoped", rtts, () => RoundTrips(a, cq, source, target, wc, rtts, scoped: true), report, allocations: true);
+            if (!report)
+                continue;
 
             long batches = Math.Max(iterations / 20, 10);
-            if (report) Report("poll-8-ready CompletionQueue.Poll, per completion", batches * 8, PollReady(a, cq, source, target, wc, batches));
-            if (report) Report("poll-8-ready CompletionQueue.Poll, extended CQ, per completion", batches * 8, PollReady(ax, cqx, source, target, wc, batches));
-            if (report) Report("post-8-writes QueuePair.PostWrite x8 (8 ibv_post_send), per request", batches * 8, PostEight(a, cq, source, target, wc, batches, batched: false));
-            if (report) Report("post-8-writes SendBatch of 8 (StartPost, 8 Write, one ibv_post_send), per request", batches * 8, PostEight(a, cq, source, target, wc, batches, batched: true));
-
-            t = Stopwatch.GetTimestamp();
-            for (long i = 0; i < iterations; i++)
-            {
-                var batch = a.StartPost();
-                batch.Write((ulong)i, source, target, 4096);
-                batch.Post();
-                int n;
-                while ((n = cq.Poll(wc)) == 0) { }
-                if (n != 1 || !wc[0].IsSuccess)
-                    throw new InvalidOperationException(wc[0].ToString());
-            }
-            if (report) Report("write-roundtrip SendBatch of 1 (StartPost, Write, Post) + Poll (safe layer)", iterations, Stopwatch.GetTimestamp() - t);
-
-            foreach (var (length, cycles, size) in new[] { (65536, batches, "64 KiB"), (16 << 20, Math.Max(batches / 20, 5), "16 MiB") })
+            Report("poll_ready8_per_completion", batches * 8, PollReady(a, cq, source, target, wc, batches));
+            Report("poll_ready8_ex_per_completion", batches * 8, PollReady(ax, cqx, source, target, wc, batches));
+            Report("post8_separate_per_request", batches * 8, PostEight(a, cq, source, target, wc, batches, batched: false));
+            Report("post8_batch_per_request", batches * 8, PostEight(a, cq, source, target, wc, batches, batched: true));
+            foreach (var (length, cycles) in new[] { (65536, batches), (16 << 20, Math.Max(batches / 20, 5)) })
             {
                 var (bindTicks, invalidateTicks, deregTicks, regTicks) = Windows(pd, b, cq, cycles, length);
-                if (report)
-                {
-                    Report($"mw-bind type 2 window over a {size} region, post to completion", cycles, bindTicks);
-                    Report($"mw-local-invalidate of it, post to completion (revokes the peer's access)", cycles, invalidateTicks);
-                    Report($"mr-register {size} pinned (ibv_reg_mr)", cycles, regTicks);
-                    Report($"mr-deregister {size} pinned (MemoryRegion.Dispose: ibv_dereg_mr)", cycles, deregTicks);
-                }
+                string size = length.ToString(CultureInfo.InvariantCulture);
+                Row("mw_bind_type2", bindTicks * 1e6 / Stopwatch.Frequency / cycles, "us_per_call", "us", size);
+                Row("mw_local_invalidate", invalidateTicks * 1e6 / Stopwatch.Frequency / cycles, "us_per_call", "us", size);
+                Row("mr_register_pinned", regTicks * 1e6 / Stopwatch.Frequency / cycles, "us_per_call", "us", size);
+                Row("mr_deregister_pinned", deregTicks * 1e6 / Stopwatch.Frequency / cycles, "us_per_call", "us", size);
             }
         }
+        NativeMemory.Free(rawWc);
         GC.KeepAlive(cq);
         GC.KeepAlive(bx);
         OdpQuirkCost(deviceName, iterations);
+    }
+
+    // ----- the measured loops: each returns the Stopwatch ticks it took; every poll's result is used (an empty CQ gives 0) -----
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long PollLoop(CompletionQueue cq, WorkCompletion[] wc, long polls)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        for (long i = 0; i < polls; i++)
+            sum += cq.Poll(wc);
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long PollerLoop(CompletionQueue cq, WorkCompletion[] wc, long polls)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        using (var poller = cq.OpenPoller())
+        {
+            for (long i = 0; i < polls; i++)
+                sum += poller.Poll(wc);
+        }
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long ShimLoop(ibv_cq* cq, ibv_wc* wc, long polls, bool transition)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        if (transition)
+        {
+            for (long i = 0; i < polls; i++)
+                sum += PollCqWithTransition(cq, 8, wc);
+        }
+        else
+        {
+            for (long i = 0; i < polls; i++)
+                sum += RdmaLeaseNative.PollCq(cq, 8, wc);
+        }
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    /// <summary>The provider's poll_cq pointer called from C#: without the GC transition when <paramref name="fast"/> is set.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long ProviderLoop(ibv_cq* cq, ibv_wc* wc, long polls, delegate* unmanaged[SuppressGCTransition]<ibv_cq*, int, ibv_wc*, int> fast,
+        delegate* unmanaged<ibv_cq*, int, ibv_wc*, int> withTransition = null)
+    {
+        long sum = 0, t = Stopwatch.GetTimestamp();
+        if (fast != null)
+        {
+            for (long i = 0; i < polls; i++)
+                sum += fast(cq, 8, wc);
+        }
+        else
+        {
+            for (long i = 0; i < polls; i++)
+                sum += withTransition(cq, 8, wc);
+        }
+        return Empty(sum, Stopwatch.GetTimestamp() - t);
+    }
+
+    static long Empty(long sum, long ticks) => sum == 0 ? ticks : throw new InvalidOperationException($"an empty CQ returned completions ({sum})");
+
+    /// <summary>One 8-byte WRITE posted, its completion polled, <paramref name="count"/> times: through the QP and CQ, or a poster and a poller.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long RoundTrips(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, WorkCompletion[] wc, long count, bool scoped)
+    {
+        long t = Stopwatch.GetTimestamp();
+        if (scoped)
+        {
+            using var poster = qp.OpenPoster();
+            using var poller = cq.OpenPoller();
+            for (long i = 0; i < count; i++)
+            {
+                poster.PostWrite((ulong)i, source, target, 4096);
+                int n;
+                while ((n = poller.Poll(wc)) == 0) { }
+                if (n != 1 || !wc[0].IsSuccess)
+                    throw new InvalidOperationException(wc[0].ToString());
+            }
+        }
+        else
+        {
+            for (long i = 0; i < count; i++)
+            {
+                qp.PostWrite((ulong)i, source, target, 4096);
+                int n;
+                while ((n = cq.Poll(wc)) == 0) { }
+                if (n != 1 || !wc[0].IsSuccess)
+                    throw new InvalidOperationException(wc[0].ToString());
+            }
+        }
+        return Stopwatch.GetTimestamp() - t;
+    }
+
+    /// <summary>
+    /// Posts <paramref name="rounds"/> × <see cref="PostBatch"/> 8-byte writes, through the QP's PostWrite or through a
+    /// poster opened once, and returns the ticks the posts took: their completions are drained off the clock.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long PostOnly(QueuePair qp, CompletionQueue cq, LocalSegment source, RemoteRegion target, WorkCompletion[] wc, long rounds, bool scoped)
+    {
+        long ticks = 0;
+        for (long k = 0; k < rounds; k++)
+        {
+            long t = Stopwatch.GetTimestamp();
+            if (scoped)
+            {
+                using var poster = qp.OpenPoster();
+                for (int j = 0; j < PostBatch; j++)
+                    poster.PostWrite((ulong)j, source, target, 4096);
+            }
+            else
+            {
+                for (int j = 0; j < PostBatch; j++)
+                    qp.PostWrite((ulong)j, source, target, 4096);
+            }
+            ticks += Stopwatch.GetTimestamp() - t;
+            for (int n = 0; n < PostBatch;)
+            {
+                int got = cq.Poll(wc.AsSpan(0, 1));
+                if (got == 1 && !wc[0].IsSuccess)
+                    throw new InvalidOperationException(wc[0].ToString());
+                n += got;
+            }
+        }
+        return ticks;
     }
 
     /// <summary>Two RC queue pairs in <paramref name="pd"/> connected to each other over 127.0.0.1 (disposed with the PD).</summary>
@@ -215,7 +321,7 @@ static unsafe partial class InteropCost
                 if (sum != Repeats * rigs.Length * checks * (long)OdpIntegrityResult.Unlimited)
                     throw new InvalidOperationException($"an 8-byte aligned transfer was limited ({sum})");
                 for (int k = 0; report && k < rigs.Length; k++)
-                    Report($"odp-quirk post-path step (QueuePair.TransferLimit), {(odp ? "ODP" : "pinned")} source, {rigs[k].Label}", checks, best[k]);
+                    Report($"odp_quirk_step_{(odp ? "odp" : "pinned")}_source_{rigs[k].Name}", checks, best[k]);   // QueuePair.TransferLimit
             }
             var total = new long[rigs.Length];
             const int Chunks = 10;
@@ -236,7 +342,7 @@ static unsafe partial class InteropCost
                 }
             }
             for (int k = 0; report && k < rigs.Length; k++)
-                Report($"odp-quirk write-roundtrip from an ODP region, PostWrite + Poll, {rigs[k].Label}", iterations / Chunks * Chunks, total[k]);
+                Report($"odp_quirk_write_rtt_8b_{rigs[k].Name}", iterations / Chunks * Chunks, total[k]);   // from an ODP region
         }
     }
 
@@ -354,7 +460,7 @@ static unsafe partial class InteropCost
         public QuirkRig(string deviceName, OdpQuirkMode mode)
         {
             _device = Device.Open(deviceName, new DeviceOptions { OdpQuirk = mode });
-            Label = _device.OdpQuirk is null ? "no quirk" : "with the quirk";
+            Name = _device.OdpQuirk is null ? "no_quirk" : "with_quirk";
             var pd = _device.AllocateProtectionDomain();
             Cq = _device.CreateCompletionQueue(256);
             (A, _) = LoopbackPair(pd, Cq, Mtu.Mtu4096);
@@ -363,7 +469,8 @@ static unsafe partial class InteropCost
             Target = pd.AllocateBuffer(8192, AccessFlags.LocalWrite | AccessFlags.RemoteWrite).ToRemote();
         }
 
-        public string Label { get; }
+        /// <summary>The case-name suffix: no_quirk or with_quirk.</summary>
+        public string Name { get; }
         public CompletionQueue Cq { get; }
         public QueuePair A { get; }
         public RegisteredBuffer Odp { get; }

@@ -112,30 +112,49 @@ public sealed unsafe partial class CompletionQueue : VerbsObject
 
     /// <summary>
     /// Takes up to <c>completions.Length</c> completions off the queue without waiting.
-    /// Allocation-free; one P/Invoke transition (also through the extended API).
+    /// Allocation-free; one P/Invoke transition (also through the extended API). Each call takes and gives back a
+    /// reference on the CQ (two interlocked operations); a loop that polls many times should use
+    /// <see cref="OpenPoller"/>, which takes it once.
     /// </summary>
     /// <returns>How many entries of <paramref name="completions"/> were filled (0 when none were ready).</returns>
     /// <exception cref="VerbsException">The provider reported a polling error.</exception>
     public int Poll(Span<WorkCompletion> completions)
     {
         using var cqRef = Handle.Enter();
-        nint cq = cqRef.Pointer;
+        return PollHeld(cqRef.Pointer, completions);
+    }
+
+    /// <summary>
+    /// Opens a poller: a scope that holds a reference on this CQ until it is disposed, so its
+    /// <see cref="CompletionQueuePoller.Poll"/> does no reference counting (the busy-poll loop's form of <see cref="Poll"/>).
+    /// Use it as <c>using var poller = cq.OpenPoller();</c> around a polling loop; it allocates nothing in steady state.
+    /// </summary>
+    /// <remarks>
+    /// While a poller is open, a <see cref="VerbsObject.Dispose()"/> of the CQ (or its device) on another thread still
+    /// returns at once and makes the poller's next poll throw ObjectDisposedException; the native CQ is destroyed when the
+    /// poller is disposed. So keep a poller's scope to the loop that uses it: an open poller defers the destroy.
+    /// </remarks>
+    /// <exception cref="ObjectDisposedException">The CQ was disposed.</exception>
+    public CompletionQueuePoller OpenPoller() => new(this);
+
+    /// <summary>The poll itself, on a CQ pointer the caller holds a reference for.</summary>
+    internal int PollHeld(nint cq, Span<WorkCompletion> completions)
+    {
         int n;
         fixed (WorkCompletion* wc = completions)
         {
             n = _extended
                 ? RdmaLeaseNative.PollCqEx((ibv_cq_ex*)cq, completions.Length, (ibv_wc*)wc)
                 : RdmaLeaseNative.PollCq((ibv_cq*)cq, completions.Length, (ibv_wc*)wc);
+            if (n > 0)
+            {
+                if (_kernelWcFlags)
+                    KnownCompletionFlagsDefect.Translate((ibv_wc*)wc, n);
+                VerbsMetrics.Polled(completions[..n]);
+            }
         }
         if (n < 0)
             throw new VerbsException(_extended ? "ibv_start_poll" : "ibv_poll_cq", ToString(), -n);
-        if (_kernelWcFlags && n > 0)
-        {
-            fixed (WorkCompletion* wc = completions)
-                KnownCompletionFlagsDefect.Translate((ibv_wc*)wc, n);
-        }
-        if (n > 0)
-            VerbsMetrics.Polled(completions[..n]);
         return n;
     }
 

@@ -26,8 +26,37 @@ public sealed unsafe partial class QueuePair
         PostOne(MakeSendTo(workRequestId, new(in data), address, remoteQpn, remoteQkey, flags, null), new(in data));
 
     /// <summary>One request through the common body (QueuePair.SendWork.cs): the one-request fast path builds no batch.</summary>
-    void PostOne(SendWork work, ReadOnlySpan<LocalSegment> segments, ReadOnlySpan<byte> inlineBytes = default) =>
-        PostSendWork(new(in work), segments, inlineBytes);
+    void PostOne(SendWork work, ReadOnlySpan<LocalSegment> segments, ReadOnlySpan<byte> inlineBytes = default, nint heldQp = 0) =>
+        PostSendWork(new(in work), segments, inlineBytes, heldQp);
+
+    /// <summary>
+    /// Opens a poster: a scope that holds a reference on this QP until it is disposed, so the posts made through it
+    /// (<see cref="QueuePairPoster.PostWrite"/>, <see cref="QueuePairPoster.PostSend"/>, ...) skip the QP's reference
+    /// counting. The posting loop's form of the Post methods: <c>using var poster = qp.OpenPoster();</c>. It allocates
+    /// nothing in steady state. Each region named is still referenced per post (a lease break must be able to revoke it
+    /// between two posts).
+    /// </summary>
+    /// <remarks>An open poster defers the QP's native destroy (not its Dispose) until the poster is disposed.</remarks>
+    /// <exception cref="ObjectDisposedException">The QP was disposed.</exception>
+    public QueuePairPoster OpenPoster() => new(this);
+
+    /// <summary>The one-request posts of <see cref="QueuePairPoster"/>: as PostWrite/PostRead/PostSend, on a held QP pointer.</summary>
+    internal void PostWriteHeld(nint qp, ulong id, in LocalSegment source, RemoteRegion target, ulong targetOffset, SendFlags flags, uint? immediate) =>
+        PostOne(MakeTransfer(id, new(in source), target, targetOffset, flags, read: false, immediate), new(in source), default, qp);
+
+    internal void PostReadHeld(nint qp, ulong id, in LocalSegment destination, RemoteRegion source, ulong sourceOffset, SendFlags flags) =>
+        PostOne(MakeTransfer(id, new(in destination), source, sourceOffset, flags, read: true, null), new(in destination), default, qp);
+
+    internal void PostSendHeld(nint qp, ulong id, in LocalSegment data, SendFlags flags, uint? immediate) =>
+        PostOne(MakeSend(id, new(in data), flags, immediate.HasValue ? ibv_wr_opcode.IBV_WR_SEND_WITH_IMM : ibv_wr_opcode.IBV_WR_SEND,
+            immediate ?? 0), new(in data), default, qp);
+
+    internal void PostReceiveHeld(nint qp, ulong id, in LocalSegment buffer)
+    {
+        if (_postLimits.HasSharedReceiveQueue)
+            throw new InvalidOperationException($"{this} takes its receives from a shared receive queue: post them to the SharedReceiveQueue.");
+        ReceiveWork.Post(this, _odp, _postLimits.MaxReceiveSegments, id, new ReadOnlySpan<LocalSegment>(in buffer), qp);
+    }
 
     /// <summary>Posts an RDMA WRITE of <paramref name="source"/> to <paramref name="target"/> at <paramref name="targetOffset"/>.</summary>
     /// <remarks>

@@ -137,8 +137,10 @@ public sealed unsafe partial class QueuePair
     /// segments in ODP regions checked like a SEND's (a message is not split). Every segment's region keeps its post
     /// reference (<see cref="MemoryRegion.EnterForPost"/>, which re-checks revocation) and every address handle its
     /// reference across the native call; everything that can be refused is refused before the first one is taken.
+    /// The QP's own reference is taken here, or held already by a <see cref="QueuePairPoster"/> (<paramref name="heldQp"/>,
+    /// its native pointer; 0: none).
     /// </summary>
-    internal void PostSendWork(ReadOnlySpan<SendWork> work, ReadOnlySpan<LocalSegment> segments, ReadOnlySpan<byte> inlineBytes)
+    internal void PostSendWork(ReadOnlySpan<SendWork> work, ReadOnlySpan<LocalSegment> segments, ReadOnlySpan<byte> inlineBytes, nint heldQp = 0)
     {
         int n = work.Length;
         uint* limits = stackalloc uint[n];
@@ -202,9 +204,9 @@ public sealed unsafe partial class QueuePair
                 wrs[k - 1].next = k < wrCount ? &wrs[k] : null;
             }
         }
-        using var qp = Handle.Enter();
+        using var qp = heldQp == 0 ? Handle.Enter() : default;
         ibv_send_wr* bad = null;
-        int rc = RdmaLeaseNative.PostSend((ibv_qp*)qp.Pointer, wrs, &bad);
+        int rc = RdmaLeaseNative.PostSend((ibv_qp*)(heldQp == 0 ? qp.Pointer : heldQp), wrs, &bad);
         if (rc != 0)
         {
             long at = bad >= wrs && bad < wrs + wrCount ? bad - wrs : -1;
@@ -214,7 +216,7 @@ public sealed unsafe partial class QueuePair
     }
 
     /// <summary>Builds one unsplit work request; returns the scatter/gather entries it used (zero-length segments are left out).</summary>
-    static int FillOne(ibv_send_wr* wr, ibv_sge* sge, in SendWork w, ReadOnlySpan<LocalSegment> segments, byte* inlineBytes, nint address)
+    internal static int FillOne(ibv_send_wr* wr, ibv_sge* sge, in SendWork w, ReadOnlySpan<LocalSegment> segments, byte* inlineBytes, nint address)
     {
         int used = 0;
         if (w.IsInline)

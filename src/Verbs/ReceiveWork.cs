@@ -12,7 +12,9 @@ internal static class ReceiveWork
     /// <summary>Most segments one receive may scatter over (besides what the queue was created for): rxe takes 32.</summary>
     public const int MaxSegments = 32;
 
-    internal static unsafe void Post(VerbsObject queue, OdpRule? odp, int maxSegments, ulong workRequestId, ReadOnlySpan<LocalSegment> scatter)
+    // heldQueue: the queue's native pointer when a QueuePairPoster holds its reference (0: take one here).
+    internal static unsafe void Post(VerbsObject queue, OdpRule? odp, int maxSegments, ulong workRequestId, ReadOnlySpan<LocalSegment> scatter,
+        nint heldQueue = 0)
     {
         if (scatter.Length > maxSegments || scatter.Length > MaxSegments)
             throw new ArgumentException(
@@ -35,13 +37,14 @@ internal static class ReceiveWork
         }
         var wr = new ibv_recv_wr { wr_id = workRequestId, sg_list = sges, num_sge = segments.Length };
         using var regions = RegionReferences.Enter(segments);
-        using var q = queue.HandleForChildren.Enter();
+        using var q = heldQueue == 0 ? queue.HandleForChildren.Enter() : default;
+        nint pointer = heldQueue == 0 ? q.Pointer : heldQueue;
         int rc;
         ibv_recv_wr* bad;
         if (queue is SharedReceiveQueue)
-            rc = RdmaLeaseNative.PostSrqRecv((ibv_srq*)q.Pointer, &wr, &bad);
+            rc = RdmaLeaseNative.PostSrqRecv((ibv_srq*)pointer, &wr, &bad);
         else
-            rc = RdmaLeaseNative.PostRecv((ibv_qp*)q.Pointer, &wr, &bad);
+            rc = RdmaLeaseNative.PostRecv((ibv_qp*)pointer, &wr, &bad);
         if (rc != 0)
             throw new VerbsException(queue is SharedReceiveQueue ? "ibv_post_srq_recv" : "ibv_post_recv", queue.ToString()!, rc, QueuePair.PostHint(rc));
     }

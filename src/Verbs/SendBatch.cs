@@ -47,6 +47,9 @@ public ref struct SendBatch
 
     internal SendBatch(QueuePair qp) => _qp = qp;
 
+    /// <summary>The QP the batch was started on (null for a default batch).</summary>
+    internal readonly QueuePair? Owner => _qp;
+
     /// <summary>Requests added since the batch was started or last posted.</summary>
     public readonly int Count => _count;
 
@@ -151,7 +154,10 @@ public ref struct SendBatch
     /// <exception cref="Exception">A region named was revoked: the exception it was revoked with (a lease's: LeaseRevokedException); nothing was posted.</exception>
     /// <exception cref="ObjectDisposedException">The QP, a region or an address handle was disposed; nothing was posted.</exception>
     /// <exception cref="VerbsException">ibv_post_send refused a request.</exception>
-    public void Post()
+    public void Post() => PostHeld(0);
+
+    /// <summary>Post(), the QP's reference held by a <see cref="QueuePairPoster"/> (<paramref name="heldQp"/>; 0: none).</summary>
+    internal void PostHeld(nint heldQp)
     {
         if (_count == 0)
             throw new InvalidOperationException(_qp is null
@@ -160,7 +166,7 @@ public ref struct SendBatch
         try
         {
             QueuePair.PostSendWork(((ReadOnlySpan<SendWork>)_work)[.._count], ((ReadOnlySpan<LocalSegment>)_segments)[.._segmentCount],
-                ((ReadOnlySpan<byte>)_inline)[.._inlineCount]);
+                ((ReadOnlySpan<byte>)_inline)[.._inlineCount], heldQp);
         }
         finally
         {

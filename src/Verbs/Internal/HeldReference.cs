@@ -1,0 +1,53 @@
+using System.Runtime.InteropServices;
+
+namespace RdmaLease.Verbs.Internal;
+
+/// <summary>
+/// A handle reference held across many calls by a public hot-path scope (<see cref="CompletionQueuePoller"/>,
+/// <see cref="QueuePairPoster"/>): taken once when the scope opens, given back once when it closes, so the calls in
+/// between do no reference counting. The scope is a <c>ref struct</c> (it cannot leave its thread) holding this ticket
+/// and the generation it was opened with; closing bumps the generation, so every copy of the scope is closed at once
+/// and the reference is given back exactly once, however many copies are disposed. Closed tickets are kept per thread
+/// and reused, so opening a scope allocates nothing in steady state.
+/// </summary>
+internal sealed class HeldReference
+{
+    [ThreadStatic] static HeldReference? t_free;
+
+    SafeHandle? _handle;
+    HeldReference? _nextFree;
+    int _generation;
+
+    /// <summary>The native pointer while open (0 once closed).</summary>
+    public nint Pointer { get; private set; }
+
+    /// <summary>Takes a reference on <paramref name="handle"/> (ObjectDisposedException once it is disposed).</summary>
+    public static HeldReference Open(NativeHandle handle, out int generation)
+    {
+        var scope = handle.Enter();   // the reference this ticket holds until Close
+        var ticket = t_free ?? new HeldReference();
+        t_free = ticket._nextFree;
+        ticket._nextFree = null;
+        ticket._handle = handle;
+        ticket.Pointer = scope.Pointer;
+        generation = ticket._generation;
+        return ticket;
+    }
+
+    /// <summary>Whether the scope opened with <paramref name="generation"/> is still open.</summary>
+    public bool IsOpen(int generation) => _generation == generation;
+
+    /// <summary>Gives the reference back if the scope opened with <paramref name="generation"/> is still open.</summary>
+    public void Close(int generation)
+    {
+        if (_generation != generation)
+            return;   // a copy of the scope closed it already
+        var handle = _handle!;
+        _generation++;
+        _handle = null;
+        Pointer = 0;
+        _nextFree = t_free;
+        t_free = this;
+        handle.DangerousRelease();
+    }
+}
