@@ -3,6 +3,7 @@
 // and only ratios are compared (the guest runs under TCG emulation); then the per-post cost of the
 // ODP quirk (docs/known-defects.md), on the same device opened with and without it.
 // `grants DEVICE ITERATIONS [DIRECTORY]`: memory-window grants against registrations (GrantCost.cs).
+// `net TEST ...`: the twins of perftest's ib_send_lat, ib_write_lat, ib_write_bw (NetTwin.cs; benchmarks/guest/suites/net.sh).
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -11,12 +12,18 @@ using System.Runtime.InteropServices;
 using RdmaLease.Interop;
 using RdmaLease.Verbs;
 
+if (args.Length > 0 && args[0] == "net")
+{
+    NativeLibraries.RegisterResolver(typeof(InteropCost).Assembly, NativeLibraries.VerbsShimInfo);
+    return NetTwin.Run(args[1..]);
+}
 bool interop = args.Length == 3 && args[0] == "interop";
 bool grants = args.Length is 3 or 4 && args[0] == "grants";
 if (!interop && !grants)
 {
     Console.Error.WriteLine("usage: RdmaLease.Benchmarks interop DEVICE ITERATIONS\n" +
-        "       RdmaLease.Benchmarks grants DEVICE ITERATIONS [DIRECTORY on FS-DAX, default /mnt/xfs]");
+        "       RdmaLease.Benchmarks grants DEVICE ITERATIONS [DIRECTORY on FS-DAX, default /mnt/xfs]\n" +
+        "       " + NetTwin.Usage);
     return 2;
 }
 // This assembly imports the verbs shim itself (below): through the library's one resolver, like every rdma-lease load.
