@@ -117,6 +117,12 @@ bw_case() {   # bw_case CASE SIZE IMPL: CASE write_bw (pinned) or write_bw_odp (
         pair "$name" "$server" "$client" || return 1
         line=$(twin_line "$work/$name.client")
         read -r _ _ _ _ bw rate <<<"$line"
+        # Where the C# client's time went: the mean time inside PostWrite, and the share of polls that found nothing.
+        read -r _ _ post_us _ polls _ empty _ <<<"$(awk '$1 == "PROFILE"' "$work/$name.client")"
+        if [ -n "${empty:-}" ]; then
+            row "$case" "$impl" "$size" post_us "$post_us" us
+            row "$case" "$impl" "$size" empty_poll_share "$(awk -v e="$empty" -v p="$polls" 'BEGIN { printf "%.4f", p ? e / p : 0 }')" ratio
+        fi
     fi
     [ -n "${rate:-}" ] || { echo "net: $name: no result line in the client's output" >&2; cat "$work/$name.client" >&2; return 1; }
     row "$case" "$impl" "$size" bw_mib_s "$bw" MiB/s
