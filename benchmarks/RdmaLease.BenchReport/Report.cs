@@ -69,8 +69,8 @@ static class Report
                     foreach (var o in others)
                     {
                         var (ratio, low, high) = Ratios(g.ToList(), o);
-                        cells.Add(double.IsNaN(ratio) ? "" : $"{ratio:0.000}{Mark(ratio, unit)}");
-                        cells.Add(double.IsNaN(low) ? "" : $"{low:0.000}–{high:0.000}");
+                        cells.Add(double.IsNaN(ratio) ? "" : double.IsFinite(ratio) ? $"{ratio:0.000}{Mark(ratio, unit)}" : "n/a (c is 0)");
+                        cells.Add(double.IsNaN(low) ? "" : double.IsFinite(low) && double.IsFinite(high) ? $"{low:0.000}–{high:0.000}" : "n/a");
                     }
                 }
                 md.AppendLine("| " + string.Join(" | ", cells) + " |");

@@ -91,6 +91,7 @@ lat_case() {   # lat_case CASE TOOL SIZE IMPL
         read -r _ _ _ _ typical p99 _ <<<"$line"
     fi
     [ -n "${p99:-}" ] || { echo "net: $name: no result line in the client's output" >&2; cat "$work/$name.client" >&2; return 1; }
+    finite "$typical" "$p99" || { echo "net: $name: typical '$typical', p99 '$p99'" >&2; return 3; }
     row "$case" "$impl" "$size" lat_typical_us "$typical" us
     row "$case" "$impl" "$size" lat_p99_us "$p99" us
     awk -v p="net,$case,$impl,$size,$round" '{ printf "%s,%d,%s,us\n", p, NR - 1, $1 }' "$samples" >> "$out/samples.csv"
@@ -125,6 +126,7 @@ bw_case() {   # bw_case CASE SIZE IMPL: CASE write_bw (pinned) or write_bw_odp (
         fi
     fi
     [ -n "${rate:-}" ] || { echo "net: $name: no result line in the client's output" >&2; cat "$work/$name.client" >&2; return 1; }
+    finite "$bw" "$rate" || { echo "net: $name: bandwidth '$bw', message rate '$rate'" >&2; return 3; }
     row "$case" "$impl" "$size" bw_mib_s "$bw" MiB/s
     row "$case" "$impl" "$size" msg_rate_mpps "$rate" Mpps
 }
@@ -136,15 +138,29 @@ pingpong_case() {   # pingpong_case SIZE IMPL: ibv_rc_pingpong against samples/P
     pair "$name" "$tool $args" "$tool $args 127.0.0.1" || return 1
     us=$(sed -n 's/.* iters in .* seconds = \([0-9.]*\) usec\/iter.*/\1/p' "$work/$name.client" | tail -n 1)
     [ -n "$us" ] || { echo "net: $name: no 'usec/iter' line in the client's output" >&2; cat "$work/$name.client" >&2; return 1; }
+    finite "$us" || return 3
     row pingpong "$impl" "$size" lat_iter_us "$us" us
 }
 
-# both FUNCTION ARGS...: the C and the C# run of one case, C first in odd rounds, C# first in even ones.
+# both FUNCTION ARGS...: the C and the C# run of one case, C first in odd rounds, C# first in even ones. A run whose
+# figures are not finite numbers is run again, at most twice: perftest turns cycles into time with a CPU frequency it
+# samples at start, and under load on TCG that sampling can give 0 ("inf" usec, seen in a development run).
 both() {
-    local order="c cs" impl
+    local order="c cs" impl attempt rc
     ((round % 2 == 0)) && order="cs c"
-    for impl in $order; do "$@" "$impl" || failures=$((failures + 1)); done
+    for impl in $order; do
+        for attempt in 1 2 3; do
+            rc=0; "$@" "$impl" || rc=$?
+            [ $rc -eq 3 ] && [ $attempt -lt 3 ] && { echo "net: $* $impl gave a figure that is not a number; running it again" >&2; continue; }
+            break
+        done
+        [ $rc -eq 0 ] || failures=$((failures + 1))
+    done
 }
+
+# finite VALUE...: all are plain positive decimal numbers (not inf, nan, empty or zero: perftest prints 0.00 MiB/s
+# when the frequency sample fails the other way, seen in a development run).
+finite() { local v; for v in "$@"; do [[ $v =~ ^[0-9]+(\.[0-9]+)?$ && $v =~ [1-9] ]] || return 1; done; }
 
 for s in $lat_sizes; do both lat_case send_lat ib_send_lat "$s"; done
 for s in $lat_sizes; do both pingpong_case "$s"; done
