@@ -7,6 +7,7 @@
 // `grants DEVICE ITERATIONS [DIRECTORY]`: memory-window grants against registrations (GrantCost.cs).
 // `reg ...`: registration time by size and kind of memory (RegCost.cs); `break ...`: the lease holder of the
 // break-to-release benchmark (BreakCost.cs). Both have C twins in benchmarks/c.
+// `net TEST ...`: the twins of perftest's ib_send_lat, ib_write_lat, ib_write_bw (NetTwin.cs; benchmarks/guest/suites/net.sh).
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
@@ -15,6 +16,11 @@ using System.Runtime.InteropServices;
 using RdmaLease.Interop;
 using RdmaLease.Verbs;
 
+if (args.Length > 0 && args[0] == "net")
+{
+    NativeLibraries.RegisterResolver(typeof(InteropCost).Assembly, NativeLibraries.VerbsShimInfo);
+    return NetTwin.Run(args[1..]);
+}
 bool interop = args.Length == 3 && args[0] == "interop";
 bool grants = args.Length is 3 or 4 && args[0] == "grants";
 bool reg = args.Length is 5 or 6 && args[0] == "reg";
@@ -24,7 +30,8 @@ if (!interop && !grants && !reg && !lease)
     Console.Error.WriteLine("usage: RdmaLease.Benchmarks interop DEVICE ITERATIONS\n" +
         "       RdmaLease.Benchmarks grants DEVICE ITERATIONS [DIRECTORY on FS-DAX, default /mnt/xfs]\n" +
         "       RdmaLease.Benchmarks reg DEVICE odp-fsdax|pinned-anon|pinned-pagecache MAX_BYTES ITERATIONS [FILE]\n" +
-        "       RdmaLease.Benchmarks break DEVICE FILE REGION_BYTES BREAKS idle|traffic|gc   (driven by lease_breaker)");
+        "       RdmaLease.Benchmarks break DEVICE FILE REGION_BYTES BREAKS idle|traffic|gc   (driven by lease_breaker)\n" +
+        "       " + NetTwin.Usage);
     return 2;
 }
 // This assembly imports the verbs shim itself (below): through the library's one resolver, like every rdma-lease load.
