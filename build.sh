@@ -289,7 +289,7 @@ bench() {
     for attempt in 1 2 3; do
         rm -rf "$out"; mkdir -p "$out"
         rc=0
-        RDMA_LEASE_GUEST_CPUS=2 run_guest --out "$out" -- "$env benchmarks/guest/run.sh $rounds /mnt/out" || rc=$?
+        RDMA_LEASE_GUEST_CPUS=2 RDMA_LEASE_XFS_SIZE=${RDMA_LEASE_XFS_SIZE:-2G} run_guest --out "$out" -- "$env benchmarks/guest/run.sh $rounds /mnt/out" || rc=$?
         [ $rc -ne 0 ] && [ ! -f "$out/environment.txt" ] && grep -qE 'Oops|Kernel panic|BUG:' "$out/console.log" 2>/dev/null || break
         [ $attempt -lt 3 ] || break
         echo "bench: the 2-vCPU guest crashed while booting (the known TCG Oops, docs/testing.md \"Why one vCPU\"); booting again (attempt $((attempt + 1)) of 3)" >&2
