@@ -39,6 +39,10 @@ usage: ./build.sh VERB [ARGS]
   vm [--share DIR] -- CMD...
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository);
                   --share DIR: a folder of yours, read-write at /mnt/share (your own programs, their output)
+  vm --nodes 2 -- CMD...
+                  boot two guests, each with its own kernel and NVDIMMs, linked only to each other (QEMU socket
+                  netdev on 127.0.0.1; 203.0.113.1 and .2, rxe device rxenode) and run CMD on both;
+                  \$RDMA_LEASE_NODE is 0 or 1, \$RDMA_LEASE_PEER the other node's address
   bench [N [M]]   boot a guest and run the C and C# per-call cost benchmarks (N iterations, default 20000), then
                   the memory-window grant costs of issue 15 (RdmaLease.Benchmarks grants, M iterations, default 100)
   pack            make the NuGet packages (RdmaLease.Verbs, RdmaLease.Leases, RdmaLease.Hosting) in artifacts/packages
@@ -259,6 +263,51 @@ run_guest() {
     return $rc
 }
 
+# run_nodes [--out DIR] -- CMD: boot two node guests linked by a QEMU socket netdev on 127.0.0.1 (a port free now) and
+# run CMD on both (RDMA_LEASE_NODE says which, RDMA_LEASE_PEER is the other's address); their output is streamed with a
+# [nodeN] prefix. When one node fails, the other gets 60 s to finish before its QEMU is stopped. Fails when either does.
+run_nodes() {
+    local out="" port p0 p1 rc0=0 rc1=0 tails=() i
+    [ "${1:-}" = "--out" ] && { out=$2; shift 2; }
+    [ "${1:-}" = "--" ] && shift
+    [ -n "$out" ] || out=$(mktemp -d /tmp/rdma-lease-nodes.XXXXXX)
+    local kind=${RDMA_LEASE_NODE_LINK:-udp} link0 link1 port2
+    port=$(rl_free_port) || return 1
+    case $kind in
+        tcp) link0=listen:$port link1=connect:$port ;;
+        udp) port2=$(rl_free_port) || return 1; [ "$port2" != "$port" ] || port2=$((port + 1))
+             link0=udp:$port:$port2 link1=udp:$port2:$port ;;
+        *) echo "RDMA_LEASE_NODE_LINK must be udp or tcp, got '$kind'" >&2; return 2 ;;
+    esac
+    for i in 0 1; do
+        mkdir -p "$out/node$i"; : > "$out/node$i/output.log"
+        tail -n +1 -F "$out/node$i/output.log" 2>/dev/null | sed -u "s/^/[node$i] /" &
+        tails+=($!)
+    done
+    rl_log "nodes: $kind link on 127.0.0.1 ($link0 / $link1), output in $out/node0 and $out/node1"
+    rl_run_vm --timeout "$GUEST_TIMEOUT" --memory 2048 --node 0 --link "$link0" --out "$out/node0" -- "$@" & p0=$!
+    if [ "$kind" = udp ] || rl_wait_listen "$port" "$p0" 60; then
+        rl_run_vm --timeout "$GUEST_TIMEOUT" --memory 2048 --node 1 --link "$link1" --out "$out/node1" -- "$@" & p1=$!
+    else
+        rc1=125
+    fi
+    # Whichever ends first: a failure gives the other 60 s (it may be waiting for its peer forever).
+    while kill -0 "$p0" 2>/dev/null && { [ -z "${p1:-}" ] || kill -0 "$p1" 2>/dev/null; }; do sleep 1; done
+    for i in 0 1; do
+        local f=$out/node$i/exit-status
+        if [ -f "$f" ] && [ "$(cat "$f")" != 0 ]; then
+            local other=$((1 - i)) t
+            for t in $(seq 60); do [ -f "$out/node$other/exit-status" ] && break; sleep 1; done
+            [ -f "$out/node$other/exit-status" ] || kill "$(cat "$out/node$other/qemu.pid" 2>/dev/null)" 2>/dev/null
+        fi
+    done
+    wait "$p0" || rc0=$?
+    [ -z "${p1:-}" ] || wait "$p1" || rc1=$?
+    sleep 0.3; kill "${tails[@]}" 2>/dev/null; wait "${tails[@]}" 2>/dev/null || true
+    rl_log "nodes: node 0 exited $rc0, node 1 exited $rc1"
+    [ "$rc0" -eq 0 ] && [ "$rc1" -eq 0 ]
+}
+
 verb=${1:-help}; shift || true
 case $verb in
     help|-h|--help) usage ;;
@@ -266,15 +315,18 @@ case $verb in
     build) build ;;
     test) test_all ;;
     demo) setup; build; run_guest -- "samples/tour.sh ${CONFIG,,}" ;;
-    vm) vm_args=()
+    vm) vm_args=() nodes=1
         while [ $# -gt 0 ] && [ "$1" != "--" ]; do
             case $1 in
                 --share) [ -d "${2:-}" ] || rl_die "--share needs a directory (got '${2:-}')"; vm_args+=(--share "$2"); shift 2 ;;
-                *) rl_die "usage: ./build.sh vm [--share DIR] -- CMD..." ;;
+                --nodes) [ "${2:-}" = 2 ] || [ "${2:-}" = 1 ] || rl_die "--nodes takes 1 or 2 (got '${2:-}')"; nodes=$2; shift 2 ;;
+                *) rl_die "usage: ./build.sh vm [--share DIR | --nodes 2] -- CMD..." ;;
             esac
         done
-        [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm [--share DIR] -- CMD..."
-        setup >/dev/null; run_guest "${vm_args[@]}" -- "$@" ;;
+        [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm [--share DIR | --nodes 2] -- CMD..."
+        [ "$nodes" = 1 ] || [ ${#vm_args[@]} -eq 0 ] || rl_die "--share is for one guest; with --nodes 2 each node has its own output share"
+        setup >/dev/null
+        if [ "$nodes" = 2 ]; then run_nodes -- "$@"; else run_guest "${vm_args[@]}" -- "$@"; fi ;;
     bench) setup; build; n=${1:-20000} m=${2:-100}
         bench_dll=artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll
         run_guest -- "artifacts/native/verbs_cost rxelo $n && dotnet exec $bench_dll interop rxelo $n && dotnet exec $bench_dll grants rxelo $m" ;;
