@@ -32,8 +32,8 @@ usage: ./build.sh VERB [ARGS]
 
   demo            set up (first run only), build, boot a guest and run samples/tour.sh in it: the devices,
                   ping-pong against rdma-core's ibv_rc_pingpong, RDMA into a pmem file and a lease break
-  test            set up, build, run the host tests and the guest tests; prints
-                  'N passed, N failed, N skipped' and fails if any failed or the guest tests did not run
+  test            set up, build, run the host tests, the guest tests and the two-node tests; prints
+                  'N passed, N failed, N skipped' and fails if any failed or the guest or node tests did not run
   setup           install host packages, fetch the guest kernel, rdma-core headers and the guest root (cached)
   build           build the native shim and the .NET solution ($CONFIG; CONFIGURATION=Debug to change)
   vm [--share DIR] -- CMD...
@@ -219,30 +219,44 @@ test_all() {
     consumer
     aot
     local results=$RL_REPO/artifacts/test-results
-    rm -rf "$results"; mkdir -p "$results/host" "$results/guest"
+    rm -rf "$results"; mkdir -p "$results/host" "$results/guest" "$results/nodes"
     rl_log "host tests"
-    local host_rc=0 guest_rc=0
+    local host_rc=0 guest_rc=0 nodes_rc=0 t0
     # shellcheck disable=SC2046
-    (cd "$RL_REPO" && dotnet $(test_args host "$results/host" 'TestCategory!=Guest')) || host_rc=$?
+    (cd "$RL_REPO" && dotnet $(test_args host "$results/host" 'TestCategory!=Guest&TestCategory!=Nodes')) || host_rc=$?
     rl_log "guest tests"
+    t0=$SECONDS
     run_guest --out "$results/guest" -- "dotnet $(test_args guest /mnt/out 'TestCategory=Guest') --minimum-expected-tests 1" || guest_rc=$?
+    rl_log "guest tests: $((SECONDS - t0)) s"
+    # Two-node tests: run on the host, which boots the node guests and drives them (tests/RdmaLease.Tests/Nodes).
+    rl_log "two-node tests"
+    t0=$SECONDS
+    # shellcheck disable=SC2046
+    (cd "$RL_REPO" && dotnet $(test_args nodes "$results/nodes" 'TestCategory=Nodes') --minimum-expected-tests 1 --output detailed) || nodes_rc=$?
+    rl_log "two-node tests: $((SECONDS - t0)) s"
 
     read -r hp hf hs <<<"$(trx_counts "$results/host/host.trx")"
     read -r gp gf gs <<<"$(trx_counts "$results/guest/guest.trx")"
+    read -r np nf ns <<<"$(trx_counts "$results/nodes/nodes.trx")"
     echo "host:  $hp passed, $hf failed, $hs skipped (exit $host_rc)"
     echo "guest: $gp passed, $gf failed, $gs skipped (exit $guest_rc)"
-    local failed=$((hf + gf)) why=()
+    echo "nodes: $np passed, $nf failed, $ns skipped (exit $nodes_rc)"
+    local failed=$((hf + gf + nf)) why=()
     [ -f "$results/guest/guest.trx" ] || why+=("the guest tests did not run")
     [ "$((gp + gf))" -gt 0 ] || why+=("no guest test executed")
     [ "$gs" -eq 0 ] || why+=("$gs guest tests were skipped; in the guest a skip is a failure")
+    [ -f "$results/nodes/nodes.trx" ] || why+=("the two-node tests did not run")
+    [ "$((np + nf))" -gt 0 ] || why+=("no two-node test executed")
+    [ "$ns" -eq 0 ] || why+=("$ns two-node tests were skipped; a skipped node test is a failure")
     [ "$hs" -eq 0 ] || why+=("$hs host tests were skipped")
     [ "$host_rc" -eq 0 ] || why+=("the host test run exited $host_rc")
     [ "$guest_rc" -eq 0 ] || why+=("the guest run exited $guest_rc")
+    [ "$nodes_rc" -eq 0 ] || why+=("the two-node run exited $nodes_rc")
     local side
     for side in host guest; do
         [ ! -s "$results/$side/leaked-resources.txt" ] || why+=("the $side tests left resources behind: $(tr '\n' ';' < "$results/$side/leaked-resources.txt")")
     done
-    echo "$((hp + gp)) passed, $failed failed, $((hs + gs)) skipped"
+    echo "$((hp + gp + np)) passed, $failed failed, $((hs + gs + ns)) skipped"
     if [ ${#why[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${why[@]}" >&2; return 1; fi
 }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.RegularExpressions;
 
 namespace RdmaLease.Tests.Nodes;
@@ -34,15 +33,19 @@ public partial class ServerNodeCrashTests
         string pmem0 = Path.Combine(dir.Path, "pmem0");
         var report = new List<string>();
         using var client = NodeGuest.Boot(1, ports, Path.Combine(dir.Path, "node1"), Path.Combine(dir.Path, "pmem1"), TwoNodeTests.Boot);
+        (int Writer, DateTime KilledAt, int AckedAtKill)? previous = null;
         for (int k = 0; k <= Cuts.Length; k++)
         {
             string out0 = Path.Combine(dir.Path, $"node0-boot{k}");
             Directory.CreateDirectory(out0);
-            if (k > 0)
-                File.Copy(Path.Combine(client.Out, $"acked-{k - 1}"), Path.Combine(out0, $"acked-{k - 1}"));
+            // Node 0 boots again at once: the client on node 1 is failing meanwhile, checked below.
             using var server = NodeGuest.Boot(0, ports, out0, pmem0, TwoNodeTests.Boot);
-            if (k > 0)
+            if (previous is { } p)
+            {
+                ClientFailed(client, k - 1, p.Writer, p.KilledAt, p.AckedAtKill, report);
+                File.Copy(Path.Combine(client.Out, $"acked-{k - 1}"), Path.Combine(out0, $"acked-{k - 1}"));
                 report.Add(VerifyAfterCrash(server, k - 1));
+            }
             if (k == Cuts.Length)
             {
                 Assert.That(server.Stop(0, TimeSpan.FromMinutes(1)), Is.Zero);
@@ -55,22 +58,31 @@ public partial class ServerNodeCrashTests
                 $"--records 400 --window {window} --interval-ms {interval} --give-up-s {GiveUpSeconds} --acked-log /mnt/out/acked-{k}");
             client.WaitUntil(() => TwoNodeTests.Acked(client, $"acked-{k}") >= after, TimeSpan.FromMinutes(3), $"{after} acknowledged records (cut {k})");
             server.Kill();
-            var killed = Stopwatch.StartNew();
-            int ackedAtKill = TwoNodeTests.Acked(client, $"acked-{k}");
-
-            // A server node gone makes the client fail within a bounded time, with a clear error.
-            int exit = client.WaitFor(writer, Bound);
-            string log = client.Log(writer);
-            TestContext.Out.WriteLine($"cut {k}: killed after {ackedAtKill} acknowledged; the client failed {killed.Elapsed.TotalSeconds:0.0} s later");
-            Assert.Multiple(() =>
-            {
-                Assert.That(exit, Is.EqualTo(1), log);
-                Assert.That(log, Does.Contain("giving up: no record acknowledged for").And.Contain("Is the server at 203.0.113.1"), log);
-                Assert.That(TwoNodeTests.Acked(client, $"acked-{k}"), Is.EqualTo(ackedAtKill), "nothing acknowledged after the kill");
-            });
+            previous = (writer, DateTime.UtcNow, TwoNodeTests.Acked(client, $"acked-{k}"));
+            Assert.That(client.Done(writer), Is.False, $"the client was still writing at cut {k}");
         }
         foreach (string line in report)
             TestContext.Out.WriteLine(line);
+    }
+
+    /// <summary>
+    /// A server node gone makes the client fail within a bounded time (<see cref="Bound"/> after the kill, by the host's
+    /// clock: the exit file's time on the share), with a clear error, and acknowledge nothing more.
+    /// </summary>
+    static void ClientFailed(NodeGuest client, int k, int writer, DateTime killedAt, int ackedAtKill, List<string> report)
+    {
+        var left = Bound - (DateTime.UtcNow - killedAt);
+        int exit = client.WaitFor(writer, left > TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
+        var failedAfter = File.GetLastWriteTimeUtc(Path.Combine(client.Out, "ctl", $"{writer}.exit")) - killedAt;
+        string log = client.Log(writer);
+        report.Add($"cut {k}: node 0 killed after {ackedAtKill} acknowledged; the client failed {failedAfter.TotalSeconds:0.0} s later");
+        Assert.Multiple(() =>
+        {
+            Assert.That(exit, Is.EqualTo(1), log);
+            Assert.That(failedAfter, Is.LessThanOrEqualTo(Bound), "the client failed within the bound");
+            Assert.That(log, Does.Contain("giving up: no record acknowledged for").And.Contain("Is the server at 203.0.113.1"), log);
+            Assert.That(TwoNodeTests.Acked(client, $"acked-{k}"), Is.EqualTo(ackedAtKill), "nothing acknowledged after the kill");
+        });
     }
 
     /// <summary>Runs verify-crash on the store of cut <paramref name="k"/> on node 0 booted again; asserts nothing acknowledged was lost.</summary>
