@@ -40,6 +40,17 @@ sealed class NodeGuest : IDisposable
     /// <summary>Boots node <paramref name="node"/> (0 or 1) and waits until its agent is ready.</summary>
     public static NodeGuest Boot(int node, (int Node0, int Node1) ports, string outDir, string pmemDir, TimeSpan timeout)
     {
+        var guest = Launch(node, ports, outDir, pmemDir, timeout);
+        guest.WaitReady();
+        return guest;
+    }
+
+    /// <summary>Waits until the agent runs (boot and guest-init take 30–70 s under TCG with both nodes booting).</summary>
+    public void WaitReady() => WaitUntil(() => File.Exists(Path.Combine(Ctl, "ready")), TimeSpan.FromSeconds(180), "its agent to start");
+
+    /// <summary>Starts booting node <paramref name="node"/>; <see cref="WaitReady"/> waits for it (two nodes boot at once).</summary>
+    public static NodeGuest Launch(int node, (int Node0, int Node1) ports, string outDir, string pmemDir, TimeSpan timeout)
+    {
         Directory.CreateDirectory(outDir);
         Directory.CreateDirectory(pmemDir);
         var (local, remote) = node == 0 ? (ports.Node0, ports.Node1) : (ports.Node1, ports.Node0);
@@ -54,9 +65,7 @@ sealed class NodeGuest : IDisposable
         p.ErrorDataReceived += (_, e) => { if (e.Data != null) File.AppendAllText(Path.Combine(outDir, "harness.log"), e.Data + "\n"); };
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
-        var guest = new NodeGuest(node, outDir, pmemDir, p);
-        guest.WaitUntil(() => File.Exists(Path.Combine(guest.Ctl, "ready")), TimeSpan.FromSeconds(120), "its agent to start");
-        return guest;
+        return new NodeGuest(node, outDir, pmemDir, p);
     }
 
     /// <summary>Starts <paramref name="script"/> (bash, cwd the repository) in the guest; returns its number.</summary>

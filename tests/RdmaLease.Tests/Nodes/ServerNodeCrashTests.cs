@@ -32,7 +32,7 @@ public partial class ServerNodeCrashTests
         var ports = NodeGuest.FreePorts();
         string pmem0 = Path.Combine(dir.Path, "pmem0");
         var report = new List<string>();
-        using var client = NodeGuest.Boot(1, ports, Path.Combine(dir.Path, "node1"), Path.Combine(dir.Path, "pmem1"), TwoNodeTests.Boot);
+        using var client = NodeGuest.Launch(1, ports, Path.Combine(dir.Path, "node1"), Path.Combine(dir.Path, "pmem1"), TwoNodeTests.Boot);
         (int Writer, DateTime KilledAt, int AckedAtKill)? previous = null;
         for (int k = 0; k <= Cuts.Length; k++)
         {
@@ -40,6 +40,8 @@ public partial class ServerNodeCrashTests
             Directory.CreateDirectory(out0);
             // Node 0 boots again at once: the client on node 1 is failing meanwhile, checked below.
             using var server = NodeGuest.Boot(0, ports, out0, pmem0, TwoNodeTests.Boot);
+            if (k == 0)
+                client.WaitReady();   // booted alongside node 0's first boot
             if (previous is { } p)
             {
                 ClientFailed(client, k - 1, p.Writer, p.KilledAt, p.AckedAtKill, report);
@@ -67,7 +69,7 @@ public partial class ServerNodeCrashTests
 
     /// <summary>
     /// A server node gone makes the client fail within a bounded time (<see cref="Bound"/> after the kill, by the host's
-    /// clock: the exit file's time on the share), with a clear error, and acknowledge nothing more.
+    /// clock: the exit file's time on the share), with a clear error.
     /// </summary>
     static void ClientFailed(NodeGuest client, int k, int writer, DateTime killedAt, int ackedAtKill, List<string> report)
     {
@@ -75,13 +77,17 @@ public partial class ServerNodeCrashTests
         int exit = client.WaitFor(writer, left > TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
         var failedAfter = File.GetLastWriteTimeUtc(Path.Combine(client.Out, "ctl", $"{writer}.exit")) - killedAt;
         string log = client.Log(writer);
-        report.Add($"cut {k}: node 0 killed after {ackedAtKill} acknowledged; the client failed {failedAfter.TotalSeconds:0.0} s later");
+        // Acknowledgements node 0 sent before it died may still reach the client afterwards (in the host's socket
+        // buffers, or not yet processed by node 1's vCPU): they count like any other, and the store must hold them.
+        int late = TwoNodeTests.Acked(client, $"acked-{k}") - ackedAtKill;
+        report.Add($"cut {k}: node 0 killed after {ackedAtKill} acknowledged (+{late} acknowledgements it had sent arrived after the kill); " +
+            $"the client failed {failedAfter.TotalSeconds:0.0} s after the kill");
         Assert.Multiple(() =>
         {
             Assert.That(exit, Is.EqualTo(1), log);
             Assert.That(failedAfter, Is.LessThanOrEqualTo(Bound), "the client failed within the bound");
             Assert.That(log, Does.Contain("giving up: no record acknowledged for").And.Contain("Is the server at 203.0.113.1"), log);
-            Assert.That(TwoNodeTests.Acked(client, $"acked-{k}"), Is.EqualTo(ackedAtKill), "nothing acknowledged after the kill");
+            Assert.That(late, Is.InRange(0, Cuts[k].Window), "at most a window of acknowledgements in flight at the kill");
         });
     }
 

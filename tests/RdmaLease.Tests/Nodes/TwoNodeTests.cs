@@ -34,8 +34,10 @@ public partial class TwoNodeTests
     {
         _dir = new TempDir();
         _ports = NodeGuest.FreePorts();
-        _n0 = NodeGuest.Boot(0, _ports, Path.Combine(_dir.Path, "node0"), Path.Combine(_dir.Path, "pmem0"), Boot);
-        _n1 = NodeGuest.Boot(1, _ports, Path.Combine(_dir.Path, "node1"), Path.Combine(_dir.Path, "pmem1"), Boot);
+        _n0 = NodeGuest.Launch(0, _ports, Path.Combine(_dir.Path, "node0"), Path.Combine(_dir.Path, "pmem0"), Boot);
+        _n1 = NodeGuest.Launch(1, _ports, Path.Combine(_dir.Path, "node1"), Path.Combine(_dir.Path, "pmem1"), Boot);
+        _n0.WaitReady();
+        _n1.WaitReady();
         // The link carries IP before anything uses RDMA on it.
         var ping = _n1.Run($"busybox ping -c 3 -W 2 {Node0}", TimeSpan.FromSeconds(60));
         Assert.That(ping.Exit, Is.Zero, ping.Output);

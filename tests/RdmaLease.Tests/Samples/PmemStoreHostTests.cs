@@ -46,7 +46,7 @@ public class PmemStoreHostTests
     }
 
     // What a crash of the server's machine can leave (docs/pmem-store.md, "Crash durability"): acknowledged records,
-    // unacknowledged ones that landed whole, a torn page (the first half of a record, the rest still zeros), and empty
+    // unacknowledged ones that landed whole, a torn page (a record's first cache line, the rest still zeros), and empty
     // pages. verify-crash counts the torn page as partial, never as a record, and fails only on a lost acknowledgement.
     [Test]
     public void VerifyCrashCountsLostWholeAndPartialRecords()
@@ -56,7 +56,8 @@ public class PmemStoreHostTests
         var file = new byte[2 * AreaRecords * Page];
         for (ulong s = 0; s < 5; s++)
             DocumentedRecord(0, s).CopyTo(file.AsSpan((int)s * Page));
-        DocumentedRecord(0, 5).AsSpan(0, Page / 2).CopyTo(file.AsSpan(5 * Page));   // record 5: torn
+        // Record 5 torn: only its first cache line landed (its 105-byte payload runs past it).
+        DocumentedRecord(0, 5).AsSpan(0, 64).CopyTo(file.AsSpan(5 * Page));
         File.WriteAllBytes(dir.File("store"), file);
         WriteLog(dir.File("c0"), 0, [0, 1, 2]);        // 3 and 4 landed whole, unacknowledged
 
