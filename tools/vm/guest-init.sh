@@ -75,8 +75,9 @@ soft_roce() {
     rdma link show
 }
 
-# A node booted again on its own backing files (rl_keep_pmem=1, read into KEEP_PMEM once /proc is mounted): the namespaces are fsdax already (their info block
-# is on the NVDIMM) and the filesystems are mounted as they are; XFS replays its log. Nothing is made again.
+# A node booted again on its own backing files (rl_keep_pmem=1, read into KEEP_PMEM once /proc is mounted): the
+# namespaces are fsdax already (their info blocks are on the NVDIMM) and the filesystems are mounted as they are; XFS
+# replays its log. Nothing is made again.
 
 pmem() {
     if [ -z "$KEEP_PMEM" ]; then
@@ -99,7 +100,8 @@ pmem() {
     say "xfs on /dev/$big, ext4 on /dev/$small"
 }
 
-# node_link: on a node guest (rl_node=N, read into NODE once /proc is mounted), the virtio NIC of the socket link (the guest's only NIC) and rxenode on it.
+# node_link: on a node guest (rl_node=N, read into NODE once /proc is mounted), the virtio NIC of the socket link
+# (the guest's only NIC) and rxenode on it.
 node_link() {
     modprobe -C /dev/null virtio_net || return 1
     for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
