@@ -240,24 +240,6 @@ rl_run_vm() {
         esac
     done
     [ $# -gt 0 ] || { echo "rl_run_vm: no command given" >&2; return 2; }
-    abi=$(cat "$RL_CACHE/kernel/current" 2>/dev/null) || { echo "no guest kernel prepared: run ./build.sh setup" >&2; return 1; }
-    local kdir=$RL_CACHE/kernel/$abi root=$RL_CACHE/rootfs-$RL_GUEST_SUITE
-    [ -n "$out" ] || out=$(mktemp -d /tmp/rdma-lease-vm.XXXXXX)
-    mkdir -p "$out"; rm -f "$out/exit-status"
-    # Sparse backing files: a fresh, empty NVDIMM every run (XFS and ext4 DAX filesystems). The XFS one is 1 GiB
-    # unless RDMA_LEASE_XFS_SIZE says otherwise (whole GiB: 2G holds the 1 GiB point of the snapshot measurements).
-    local xfs_size=${RDMA_LEASE_XFS_SIZE:-1G}
-    [[ $xfs_size =~ ^[1-9][0-9]*G$ ]] || { echo "rl_run_vm: RDMA_LEASE_XFS_SIZE must be whole GiB like 2G, got '$xfs_size'" >&2; return 2; }
-    local pmemdir append_node=""
-    if [ -n "$keep_pmem" ]; then
-        pmemdir=$keep_pmem; mkdir -p "$pmemdir"
-        [ -f "$pmemdir/pmem0.img" ] && append_node=" rl_keep_pmem=1"
-        [ -f "$pmemdir/pmem0.img" ] || truncate -s "$xfs_size" "$pmemdir/pmem0.img"
-        [ -f "$pmemdir/pmem1.img" ] || truncate -s 512M "$pmemdir/pmem1.img"
-    else
-        pmemdir=$(mktemp -d /tmp/rdma-lease-pmem.XXXXXX)
-        truncate -s "$xfs_size" "$pmemdir/pmem0.img"; truncate -s 512M "$pmemdir/pmem1.img"
-    fi
     if [ -n "$node" ]; then
         [[ $node =~ ^[01]$ ]] || { echo "rl_run_vm: --node must be 0 or 1, got '$node'" >&2; return 2; }
         # 127.0.0.1 only: the link reaches the other node's QEMU and nothing else.
@@ -267,7 +249,25 @@ rl_run_vm() {
             netdev="socket,id=n0,localaddr=127.0.0.1:${BASH_REMATCH[1]},udp=127.0.0.1:${BASH_REMATCH[2]}"
         else echo "rl_run_vm: --node needs --link listen:PORT, connect:PORT or udp:LOCALPORT:REMOTEPORT, got '$link'" >&2; return 2; fi
         net_args=(-netdev "$netdev" -device "virtio-net-pci,netdev=n0,mac=52:54:00:52:4c:0$((node + 1))")
-        append_node+=" rl_node=$node"
+    fi
+    abi=$(cat "$RL_CACHE/kernel/current" 2>/dev/null) || { echo "no guest kernel prepared: run ./build.sh setup" >&2; return 1; }
+    local kdir=$RL_CACHE/kernel/$abi root=$RL_CACHE/rootfs-$RL_GUEST_SUITE
+    [ -n "$out" ] || out=$(mktemp -d /tmp/rdma-lease-vm.XXXXXX)
+    mkdir -p "$out"; rm -f "$out/exit-status"
+    # Sparse backing files: a fresh, empty NVDIMM every run (XFS and ext4 DAX filesystems). The XFS one is 1 GiB
+    # unless RDMA_LEASE_XFS_SIZE says otherwise (whole GiB: 2G holds the 1 GiB point of the snapshot measurements).
+    local xfs_size=${RDMA_LEASE_XFS_SIZE:-1G}
+    [[ $xfs_size =~ ^[1-9][0-9]*G$ ]] || { echo "rl_run_vm: RDMA_LEASE_XFS_SIZE must be whole GiB like 2G, got '$xfs_size'" >&2; return 2; }
+    local pmemdir append_node=""
+    [ -z "$node" ] || append_node=" rl_node=$node"
+    if [ -n "$keep_pmem" ]; then
+        pmemdir=$keep_pmem; mkdir -p "$pmemdir"
+        [ -f "$pmemdir/pmem0.img" ] && append_node+=" rl_keep_pmem=1"
+        [ -f "$pmemdir/pmem0.img" ] || truncate -s "$xfs_size" "$pmemdir/pmem0.img"
+        [ -f "$pmemdir/pmem1.img" ] || truncate -s 512M "$pmemdir/pmem1.img"
+    else
+        pmemdir=$(mktemp -d /tmp/rdma-lease-pmem.XXXXXX)
+        truncate -s "$xfs_size" "$pmemdir/pmem0.img"; truncate -s 512M "$pmemdir/pmem1.img"
     fi
     echo "$*" > "$out/command"   # like ssh: the words are joined into one shell command
     local share="security_model=none,multidevs=remap"
