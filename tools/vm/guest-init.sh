@@ -51,10 +51,10 @@ mounts() {
 modules() {
     # -C /dev/null: ndctl's modprobe.d hook for libnvdimm would make nfit/nd_pmem fail.
     # rdma_ucm (/dev/infiniband/rdma_cm, librdmacm's kernel side) brings rdma_cm, ib_cm and iw_cm.
-    local m
-    for m in rdma_rxe ib_uverbs rdma_ucm veth dummy nfit nd_pmem dax_pmem xfs ext4; do
-        modprobe -C /dev/null "$m" || { say "modprobe $m failed"; return 1; }
-    done
+    local all="rdma_rxe ib_uverbs rdma_ucm veth dummy nfit nd_pmem dax_pmem xfs ext4"
+    [ -z "$LEAN" ] || all="rdma_rxe ib_uverbs rdma_ucm nfit nd_pmem dax_pmem xfs"
+    # One modprobe for all (each process reads the module index again; under TCG that shows).
+    modprobe -C /dev/null -a $all || { say "modprobe -a $all failed (modprobe said which, above)"; return 1; }
 }
 
 soft_roce() {
@@ -88,6 +88,12 @@ pmem() {
     # The bigger NVDIMM (1 GiB, or RDMA_LEASE_XFS_SIZE) is the XFS one; which region enumerates first is not fixed.
     local big small
     if [ "$(blockdev --getsize64 /dev/pmem0)" -gt "$(blockdev --getsize64 /dev/pmem1)" ]; then big=pmem0 small=pmem1; else big=pmem1 small=pmem0; fi
+    if [ -n "$LEAN" ]; then
+        [ -n "$KEEP_PMEM" ] || mkfs.xfs -q -f /dev/$big || return 1
+        mount -o dax=always /dev/$big /mnt/xfs && mount -t tmpfs -o size=256M tmpfs /mnt/tmpfs &&
+        chmod 1777 /mnt/xfs /mnt/tmpfs && say "lean: xfs on /dev/$big$([ -n "$KEEP_PMEM" ] && echo ' (kept, mounted without mkfs)'), no ext4"
+        return
+    fi
     if [ -z "$KEEP_PMEM" ]; then
         mkfs.xfs -q -f /dev/$big && mkfs.ext4 -q -F -b 4096 /dev/$small || return 1
     else
@@ -103,7 +109,7 @@ pmem() {
 # node_link: on a node guest (rl_node=N, read into NODE once /proc is mounted), the virtio NIC of the socket link
 # (the guest's only NIC) and rxenode on it.
 node_link() {
-    modprobe -C /dev/null virtio_net || return 1
+    modprobe -C /dev/null virtio_net && ip link set lo up || return 1
     for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
     ip link set eth0 mtu 9000 up &&
     ip addr add "203.0.113.$((NODE + 1))/24" dev eth0 &&
@@ -118,10 +124,13 @@ leases() {
 
 stage mounts mounts
 KEEP_PMEM=$(grep -qw rl_keep_pmem=1 /proc/cmdline && echo 1)
+# rl_lean=1 (rl_run_vm --lean, the two-node tests): a node with only what they use: no rxelo, veth pair or rxecm, no
+# ext4 (its namespace is made, nothing on it), fewer modules.
+LEAN=$(grep -qw rl_lean=1 /proc/cmdline && echo 1)
 NODE=$(sed -n 's/.*rl_node=\([01]\).*/\1/p' /proc/cmdline)
 say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2/1024 " MiB"}' /proc/meminfo)"
 stage modules modules
-stage soft-roce soft_roce
+[ -n "$LEAN" ] || stage soft-roce soft_roce
 stage pmem pmem
 [ -z "$NODE" ] || stage node-link node_link
 stage leases leases

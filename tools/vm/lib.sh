@@ -221,11 +221,12 @@ rl_module_order() {
 #                   or UDP (each node sends to the other's port)
 #   --pmem DIR      keep the NVDIMM backing files in DIR (made when missing, never removed): a node booted again
 #                   on the same DIR mounts the filesystems it left there (XFS recovers its log) instead of making them
+#   --lean          only what the two-node tests use: XFS on FS-DAX, rdma_cm, rxenode; no rxelo, veth pair, rxecm or ext4
 # QEMU's pid is written to OUT/qemu.pid (a node's crash test kills it). The guest's exit status becomes ours; on
 # failure the tail of the guest console is printed.
 rl_run_vm() {
     local timeout=900 out="" mem=3072 abi user_share="" share_args=() append_share=""
-    local node="" link="" keep_pmem="" net_args=()
+    local node="" link="" keep_pmem="" net_args=() lean=""
     while [ $# -gt 0 ]; do
         case $1 in
             --timeout) timeout=$2; shift 2 ;;
@@ -235,6 +236,7 @@ rl_run_vm() {
             --node) node=$2; shift 2 ;;
             --link) link=$2; shift 2 ;;
             --pmem) keep_pmem=$2; shift 2 ;;
+            --lean) lean=1; shift ;;
             --) shift; break ;;
             *) echo "rl_run_vm: unknown option $1" >&2; return 2 ;;
         esac
@@ -260,6 +262,7 @@ rl_run_vm() {
     [[ $xfs_size =~ ^[1-9][0-9]*G$ ]] || { echo "rl_run_vm: RDMA_LEASE_XFS_SIZE must be whole GiB like 2G, got '$xfs_size'" >&2; return 2; }
     local pmemdir append_node=""
     [ -z "$node" ] || append_node=" rl_node=$node"
+    [ -z "$lean" ] || append_node+=" rl_lean=1"
     if [ -n "$keep_pmem" ]; then
         pmemdir=$keep_pmem; mkdir -p "$pmemdir"
         [ -f "$pmemdir/pmem0.img" ] && append_node+=" rl_keep_pmem=1"

@@ -57,7 +57,7 @@ sealed class NodeGuest : IDisposable
         var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.Environment["RL_REPO"] = RepoPaths.Root;
         psi.ArgumentList.Add("-c");
-        psi.ArgumentList.Add($"source tools/vm/lib.sh && rl_run_vm --timeout {(int)timeout.TotalSeconds} --memory 2048 --node {node} " +
+        psi.ArgumentList.Add($"source tools/vm/lib.sh && rl_run_vm --timeout {(int)timeout.TotalSeconds} --memory 2048 --lean --node {node} " +
             $"--link udp:{local}:{remote} --pmem '{pmemDir}' --out '{outDir}' -- {Agent}");
         psi.WorkingDirectory = RepoPaths.Root;
         var p = Process.Start(psi)!;
