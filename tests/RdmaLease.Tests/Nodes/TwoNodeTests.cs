@@ -10,22 +10,23 @@ namespace RdmaLease.Tests.Nodes;
 /// Two guests, each with its own kernel, rxe device (rxenode on eth0) and NVDIMMs, linked only to each other
 /// (203.0.113.1 = node 0, 203.0.113.2 = node 1; docs/testing.md, "Two nodes"). Run on the host (category Nodes), which
 /// boots the nodes through the harness and drives them; everything RDMA and FS-DAX runs inside them. One boot of both
-/// nodes serves the tests below, in order: the last one kills node 1.
+/// nodes serves the tests below, in order: the third kills node 1 and boots it again, the last kills node 0 and boots
+/// it again on its NVDIMMs (TwoNodeTests.Crash.cs).
 /// </summary>
 [Category("Nodes")]
 [NonParallelizable]
 [TestFixture]
 public partial class TwoNodeTests
 {
-    internal static readonly TimeSpan Boot = TimeSpan.FromMinutes(10);
-    internal static string PmemStore => $"dotnet exec artifacts/bin/RdmaLease.PmemStore/{Tool.Configuration}/RdmaLease.PmemStore.dll";
+    static readonly TimeSpan Boot = TimeSpan.FromMinutes(10);
+    static string PmemStore => $"dotnet exec artifacts/bin/RdmaLease.PmemStore/{Tool.Configuration}/RdmaLease.PmemStore.dll";
     static string PingPong => $"dotnet exec artifacts/bin/RdmaLease.PingPong/{Tool.Configuration}/RdmaLease.PingPong.dll";
     const string Node0 = "203.0.113.1", Node1 = "203.0.113.2";
 
     TempDir _dir = null!;
     (int, int) _ports;
+#pragma warning disable NUnit1032   // disposed in StopBoth; the kill tests replace them with the node booted again
     NodeGuest _n0 = null!;
-#pragma warning disable NUnit1032   // disposed in StopBoth; the last test replaces it with node 1 booted again
     NodeGuest _n1 = null!;
 #pragma warning restore NUnit1032
 
@@ -163,6 +164,9 @@ public partial class TwoNodeTests
         int acked = Acked(_n1, "b-acked-0");
         Assert.That(_n1.Done(writer), Is.False, "the client was still writing when its node died");
         File.Copy(Path.Combine(_n1.Out, "b-acked-0"), Path.Combine(_n0.Out, "b-acked-0"));
+        // Node 1 boots again at once (its link is up 20–40 s later, so not before the check below).
+        _n1.Dispose();   // its QEMU is gone already
+        _n1 = NodeGuest.Launch(1, _ports, Path.Combine(_dir.Path, "node1-again"), Path.Combine(_dir.Path, "pmem1"), Boot);
 
         // Longer than the client's silence timeout and rxe's retries: the server has noticed whatever it will notice.
         Thread.Sleep(TimeSpan.FromSeconds(20));
@@ -174,8 +178,7 @@ public partial class TwoNodeTests
             Assert.That(_n0.Done(server), Is.False, "the server is still running");
         });
 
-        _n1.Dispose();   // its QEMU is gone already
-        _n1 = NodeGuest.Boot(1, _ports, Path.Combine(_dir.Path, "node1-again"), Path.Combine(_dir.Path, "pmem1"), Boot);
+        _n1.WaitReady();
         var fresh = _n1.Run($"{PmemStore} write --server {Node0}:7562 --device rxenode --client-id 1 --records 40 --window 2 " +
             "--give-up-s 60 --acked-log /mnt/out/b-acked-1", TimeSpan.FromMinutes(4));
         Assert.That(fresh.Exit, Is.Zero, fresh.Output);
@@ -185,11 +188,15 @@ public partial class TwoNodeTests
         Assert.That(log, Does.Contain("0 breaks"));
     }
 
-    /// <summary>Starts PmemStore's server for FILE on node 0's XFS (2 clients, 512 records each) and waits for its first lease.</summary>
-    internal static int StartServer(NodeGuest node, string file, int port, string tag)
+    /// <summary>
+    /// Starts PmemStore's server for FILE on node 0's XFS (<paramref name="clients"/> clients, 512 records each; at SIGTERM
+    /// it verifies TAG-acked-N for each) and waits for its first lease.
+    /// </summary>
+    static int StartServer(NodeGuest node, string file, int port, string tag, int clients = 2)
     {
-        int n = node.Start($"{PmemStore} serve /mnt/xfs/{file} --address {Node0} --port {port} --device rxenode --clients 2 --area-records 512 " +
-            $"--verify /mnt/out/{tag}-acked-0 --verify /mnt/out/{tag}-acked-1 & echo $! > /mnt/out/{tag}-server.pid; wait $!");
+        string verify = string.Join(' ', Enumerable.Range(0, clients).Select(c => $"--verify /mnt/out/{tag}-acked-{c}"));
+        int n = node.Start($"{PmemStore} serve /mnt/xfs/{file} --address {Node0} --port {port} --device rxenode --clients {clients} --area-records 512 " +
+            $"{verify} & echo $! > /mnt/out/{tag}-server.pid; wait $!");
         node.WaitUntil(() => node.Log(n).Contains("generation 1: leased", StringComparison.Ordinal) || node.Done(n), TimeSpan.FromMinutes(2), "the server's first lease");
         Assert.That(node.Done(n), Is.False, node.Log(n));
         return n;
@@ -211,7 +218,7 @@ public partial class TwoNodeTests
     }
 
     /// <summary>Lines in a client's acked log on the host side of a node's share (its header not counted).</summary>
-    internal static int Acked(NodeGuest node, string log)
+    static int Acked(NodeGuest node, string log)
     {
         string path = Path.Combine(node.Out, log);
         return File.Exists(path) ? Math.Max(0, File.ReadAllLines(path).Count(l => l.Length > 0) - 1) : 0;
