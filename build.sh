@@ -32,13 +32,17 @@ usage: ./build.sh VERB [ARGS]
 
   demo            set up (first run only), build, boot a guest and run samples/tour.sh in it: the devices,
                   ping-pong against rdma-core's ibv_rc_pingpong, RDMA into a pmem file and a lease break
-  test            set up, build, run the host tests and the guest tests; prints
-                  'N passed, N failed, N skipped' and fails if any failed or the guest tests did not run
+  test            set up, build, run the host tests, the guest tests and the two-node tests; prints
+                  'N passed, N failed, N skipped' and fails if any failed or the guest or node tests did not run
   setup           install host packages, fetch the guest kernel, rdma-core headers and the guest root (cached)
   build           build the native shim and the .NET solution ($CONFIG; CONFIGURATION=Debug to change)
   vm [--share DIR] -- CMD...
                   boot a guest with rxe and FS-DAX ready and run CMD in it (cwd: the repository);
                   --share DIR: a folder of yours, read-write at /mnt/share (your own programs, their output)
+  vm --nodes 2 -- CMD...
+                  boot two guests, each with its own kernel and NVDIMMs, linked only to each other (QEMU socket
+                  netdev on 127.0.0.1; 203.0.113.1 and .2, rxe device rxenode) and run CMD on both;
+                  \$RDMA_LEASE_NODE is 0 or 1, \$RDMA_LEASE_PEER the other node's address
   bench [ROUNDS]  build, boot ONE guest with two vCPUs and run every benchmark suite (benchmarks/guest/suites/*.sh)
                   ROUNDS times (default 3), C and C# interleaved; then docs/benchmarks/results.md and its PNG plots
                   (docs/benchmarks.md). RDMA_LEASE_BENCH_QUICK=1: tiny runs, report in artifacts/bench/report;
@@ -230,30 +234,44 @@ test_all() {
     consumer
     aot
     local results=$RL_REPO/artifacts/test-results
-    rm -rf "$results"; mkdir -p "$results/host" "$results/guest"
+    rm -rf "$results"; mkdir -p "$results/host" "$results/guest" "$results/nodes"
     rl_log "host tests"
-    local host_rc=0 guest_rc=0
+    local host_rc=0 guest_rc=0 nodes_rc=0 t0
     # shellcheck disable=SC2046
-    (cd "$RL_REPO" && dotnet $(test_args host "$results/host" 'TestCategory!=Guest')) || host_rc=$?
+    (cd "$RL_REPO" && dotnet $(test_args host "$results/host" 'TestCategory!=Guest&TestCategory!=Nodes')) || host_rc=$?
     rl_log "guest tests"
+    t0=$SECONDS
     run_guest --out "$results/guest" -- "dotnet $(test_args guest /mnt/out 'TestCategory=Guest') --minimum-expected-tests 1" || guest_rc=$?
+    rl_log "guest tests: $((SECONDS - t0)) s"
+    # Two-node tests: run on the host, which boots the node guests and drives them (tests/RdmaLease.Tests/Nodes).
+    rl_log "two-node tests"
+    t0=$SECONDS
+    # shellcheck disable=SC2046
+    (cd "$RL_REPO" && dotnet $(test_args nodes "$results/nodes" 'TestCategory=Nodes') --minimum-expected-tests 1 --output detailed) || nodes_rc=$?
+    rl_log "two-node tests: $((SECONDS - t0)) s"
 
     read -r hp hf hs <<<"$(trx_counts "$results/host/host.trx")"
     read -r gp gf gs <<<"$(trx_counts "$results/guest/guest.trx")"
+    read -r np nf ns <<<"$(trx_counts "$results/nodes/nodes.trx")"
     echo "host:  $hp passed, $hf failed, $hs skipped (exit $host_rc)"
     echo "guest: $gp passed, $gf failed, $gs skipped (exit $guest_rc)"
-    local failed=$((hf + gf)) why=()
+    echo "nodes: $np passed, $nf failed, $ns skipped (exit $nodes_rc)"
+    local failed=$((hf + gf + nf)) why=()
     [ -f "$results/guest/guest.trx" ] || why+=("the guest tests did not run")
     [ "$((gp + gf))" -gt 0 ] || why+=("no guest test executed")
     [ "$gs" -eq 0 ] || why+=("$gs guest tests were skipped; in the guest a skip is a failure")
+    [ -f "$results/nodes/nodes.trx" ] || why+=("the two-node tests did not run")
+    [ "$((np + nf))" -gt 0 ] || why+=("no two-node test executed")
+    [ "$ns" -eq 0 ] || why+=("$ns two-node tests were skipped; a skipped node test is a failure")
     [ "$hs" -eq 0 ] || why+=("$hs host tests were skipped")
     [ "$host_rc" -eq 0 ] || why+=("the host test run exited $host_rc")
     [ "$guest_rc" -eq 0 ] || why+=("the guest run exited $guest_rc")
+    [ "$nodes_rc" -eq 0 ] || why+=("the two-node run exited $nodes_rc")
     local side
     for side in host guest; do
         [ ! -s "$results/$side/leaked-resources.txt" ] || why+=("the $side tests left resources behind: $(tr '\n' ';' < "$results/$side/leaked-resources.txt")")
     done
-    echo "$((hp + gp)) passed, $failed failed, $((hs + gs)) skipped"
+    echo "$((hp + gp + np)) passed, $failed failed, $((hs + gs + ns)) skipped"
     if [ ${#why[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${why[@]}" >&2; return 1; fi
 }
 
@@ -301,6 +319,51 @@ bench() {
     echo "bench: report in $report/results.md, raw CSVs in $report/raw"
 }
 
+# run_nodes [--out DIR] -- CMD: boot two node guests linked by a QEMU socket netdev on 127.0.0.1 (a port free now) and
+# run CMD on both (RDMA_LEASE_NODE says which, RDMA_LEASE_PEER is the other's address); their output is streamed with a
+# [nodeN] prefix. When one node fails, the other gets 60 s to finish before its QEMU is stopped. Fails when either does.
+run_nodes() {
+    local out="" port p0 p1 rc0=0 rc1=0 tails=() i
+    [ "${1:-}" = "--out" ] && { out=$2; shift 2; }
+    [ "${1:-}" = "--" ] && shift
+    [ -n "$out" ] || out=$(mktemp -d /tmp/rdma-lease-nodes.XXXXXX)
+    local kind=${RDMA_LEASE_NODE_LINK:-udp} link0 link1 port2
+    port=$(rl_free_port) || return 1
+    case $kind in
+        tcp) link0=listen:$port link1=connect:$port ;;
+        udp) port2=$(rl_free_port) || return 1; [ "$port2" != "$port" ] || port2=$((port + 1))
+             link0=udp:$port:$port2 link1=udp:$port2:$port ;;
+        *) echo "RDMA_LEASE_NODE_LINK must be udp or tcp, got '$kind'" >&2; return 2 ;;
+    esac
+    for i in 0 1; do
+        mkdir -p "$out/node$i"; : > "$out/node$i/output.log"
+        tail -n +1 -F "$out/node$i/output.log" 2>/dev/null | sed -u "s/^/[node$i] /" &
+        tails+=($!)
+    done
+    rl_log "nodes: $kind link on 127.0.0.1 ($link0 / $link1), output in $out/node0 and $out/node1"
+    rl_run_vm --timeout "$GUEST_TIMEOUT" --memory 2048 --node 0 --link "$link0" --out "$out/node0" -- "$@" & p0=$!
+    if [ "$kind" = udp ] || rl_wait_listen "$port" "$p0" 60; then
+        rl_run_vm --timeout "$GUEST_TIMEOUT" --memory 2048 --node 1 --link "$link1" --out "$out/node1" -- "$@" & p1=$!
+    else
+        rc1=125
+    fi
+    # Whichever ends first: a failure gives the other 60 s (it may be waiting for its peer forever).
+    while kill -0 "$p0" 2>/dev/null && { [ -z "${p1:-}" ] || kill -0 "$p1" 2>/dev/null; }; do sleep 1; done
+    for i in 0 1; do
+        local f=$out/node$i/exit-status
+        if [ -f "$f" ] && [ "$(cat "$f")" != 0 ]; then
+            local other=$((1 - i)) t
+            for t in $(seq 60); do [ -f "$out/node$other/exit-status" ] && break; sleep 1; done
+            [ -f "$out/node$other/exit-status" ] || kill "$(cat "$out/node$other/qemu.pid" 2>/dev/null)" 2>/dev/null
+        fi
+    done
+    wait "$p0" || rc0=$?
+    [ -z "${p1:-}" ] || wait "$p1" || rc1=$?
+    sleep 0.3; kill "${tails[@]}" 2>/dev/null; wait "${tails[@]}" 2>/dev/null || true
+    rl_log "nodes: node 0 exited $rc0, node 1 exited $rc1"
+    [ "$rc0" -eq 0 ] && [ "$rc1" -eq 0 ]
+}
+
 verb=${1:-help}; shift || true
 case $verb in
     help|-h|--help) usage ;;
@@ -308,15 +371,18 @@ case $verb in
     build) build ;;
     test) test_all ;;
     demo) setup; build; run_guest -- "samples/tour.sh ${CONFIG,,}" ;;
-    vm) vm_args=()
+    vm) vm_args=() nodes=1
         while [ $# -gt 0 ] && [ "$1" != "--" ]; do
             case $1 in
                 --share) [ -d "${2:-}" ] || rl_die "--share needs a directory (got '${2:-}')"; vm_args+=(--share "$2"); shift 2 ;;
-                *) rl_die "usage: ./build.sh vm [--share DIR] -- CMD..." ;;
+                --nodes) [ "${2:-}" = 2 ] || [ "${2:-}" = 1 ] || rl_die "--nodes takes 1 or 2 (got '${2:-}')"; nodes=$2; shift 2 ;;
+                *) rl_die "usage: ./build.sh vm [--share DIR | --nodes 2] -- CMD..." ;;
             esac
         done
-        [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm [--share DIR] -- CMD..."
-        setup >/dev/null; run_guest "${vm_args[@]}" -- "$@" ;;
+        [ "${1:-}" = "--" ] && shift; [ $# -gt 0 ] || rl_die "usage: ./build.sh vm [--share DIR | --nodes 2] -- CMD..."
+        [ "$nodes" = 1 ] || [ ${#vm_args[@]} -eq 0 ] || rl_die "--share is for one guest; with --nodes 2 each node has its own output share"
+        setup >/dev/null
+        if [ "$nodes" = 2 ]; then run_nodes -- "$@"; else run_guest "${vm_args[@]}" -- "$@"; fi ;;
     bench) setup; build
         if [ "${1:-}" = grants ]; then
             run_guest -- "dotnet exec artifacts/bin/RdmaLease.Benchmarks/${CONFIG,,}/RdmaLease.Benchmarks.dll grants rxelo ${2:-100}"

@@ -32,6 +32,29 @@ internal sealed record AckedLog(uint ClientId, IReadOnlyList<ulong> Sequences, I
         }
     }
 
+    /// <summary>
+    /// Opens <paramref name="path"/> for appending as records are acknowledged (<see cref="Appender.Add"/>), each line
+    /// flushed to the file at once: a log that outlives its writer or its server's machine holds every acknowledgement
+    /// made before the crash.
+    /// </summary>
+    public static Appender Append(string path, uint clientId) => new(path, clientId);
+
+    public sealed class Appender : IDisposable
+    {
+        readonly StreamWriter _w;
+
+        internal Appender(string path, uint clientId)
+        {
+            _w = new StreamWriter(path) { AutoFlush = true };
+            _w.WriteLine(Header + clientId.ToString(CultureInfo.InvariantCulture));
+        }
+
+        public void Add(ulong sequence, long ackedAtNs) =>
+            _w.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{sequence} {ackedAtNs}"));
+
+        public void Dispose() => _w.Dispose();
+    }
+
     /// <exception cref="FormatException">Not such a log: the message names the file and line.</exception>
     public static AckedLog Load(string path)
     {

@@ -5,7 +5,7 @@ using RdmaLease.Hosting;
 
 namespace RdmaLease.PmemStore;
 
-// PmemStore serve|write|verify|snapshot|verify-snapshot (docs/pmem-store.md). Exit codes: 0 ok, 1 failed (records
+// PmemStore serve|write|verify|verify-crash|snapshot|verify-snapshot (docs/pmem-store.md). Exit codes: 0 ok, 1 failed (records
 // missing or corrupt, a client that could not store everything, a snapshot refused, an error), 2 bad command line or
 // refused by the server.
 public static class PmemStoreProgram
@@ -26,15 +26,17 @@ public static class PmemStoreProgram
                 case "serve":
                     return await ServeAsync(new CommandLine("serve", rest, new HashSet<string> { "size", "address", "port", "clients", "area-records", "device", "verify" }));
                 case "write":
-                    return await WriteAsync(new CommandLine("write", rest, new HashSet<string> { "server", "device", "client-id", "records", "window", "interval-ms", "timeout-s", "acked-log" }));
+                    return await WriteAsync(new CommandLine("write", rest, new HashSet<string> { "server", "device", "client-id", "records", "window", "interval-ms", "timeout-s", "acked-log", "give-up-s" }));
                 case "verify":
                     return Verify(new CommandLine("verify", rest, new HashSet<string> { "acked", "area-records" }));
+                case "verify-crash":
+                    return VerifyCrash(new CommandLine("verify-crash", rest, new HashSet<string> { "acked", "area-records" }));
                 case "snapshot":
                     return SnapshotCommands.Snapshot(new CommandLine("snapshot", rest, SnapshotCommands.SnapshotOptions));
                 case "verify-snapshot":
                     return SnapshotCommands.VerifySnapshot(new CommandLine("verify-snapshot", rest, SnapshotCommands.VerifyOptions));
                 default:
-                    throw new UsageException($"unknown command '{args[0]}': serve, write, verify, snapshot or verify-snapshot");
+                    throw new UsageException($"unknown command '{args[0]}': serve, write, verify, verify-crash, snapshot or verify-snapshot");
             }
         }
         catch (UsageException e)
@@ -77,7 +79,7 @@ public static class PmemStoreProgram
         var options = new ClientOptions(endpoint, cl.String("device"), (uint)cl.Number("client-id", -1, 0, 1023),
             (int)cl.Number("records", 100, 1, 1 << 20), (int)cl.Number("window", 4, 1, 64),
             TimeSpan.FromMilliseconds(cl.Number("interval-ms", 0, 0, 60_000)), TimeSpan.FromSeconds(cl.Number("timeout-s", 300, 1, 86_400)),
-            cl.String("acked-log"));
+            cl.String("acked-log"), cl.String("give-up-s") is null ? null : TimeSpan.FromSeconds(cl.Number("give-up-s", 0, 1, 86_400)));
         if (cl.String("client-id") is null)
             throw new UsageException("write: --client-id is required (it picks the client's area of the file)");
         using var cts = new CancellationTokenSource();
@@ -118,18 +120,41 @@ public static class PmemStoreProgram
         }
     }
 
+    static int VerifyCrash(CommandLine cl)
+    {
+        string file = cl.Operand("FILE");
+        var logs = cl.All("acked");
+        if (logs.Count == 0)
+            throw new UsageException("verify-crash: give at least one --acked LOG (written by 'PmemStore write --acked-log')");
+        ulong area = (ulong)cl.Number("area-records", 1024, 1, 1 << 20) * RecordFormat.Size;
+        try
+        {
+            var loaded = logs.Select(AckedLog.Load).ToList();
+            using var handle = File.OpenHandle(file);
+            return CrashVerifier.Verify(loaded, area, Verifier.ReadFrom(handle), Console.Out).Ok ? 0 : 1;
+        }
+        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"PmemStore verify-crash: {e.Message}");
+            return 1;
+        }
+    }
+
     static IPAddress Address(string s) =>
         IPAddress.TryParse(s, out var a) ? a : throw new UsageException($"serve: --address must be an IP address, got '{s}'");
 
     const string Usage = """
         usage:
           PmemStore serve FILE [--address IP] [--port P] [--clients N] [--area-records R] [--device NAME] [--verify ACKED-LOG]...
-          PmemStore write --server IP:PORT --client-id N [--records M] [--window W] [--interval-ms MS] [--timeout-s S] [--device NAME] [--acked-log PATH]
+          PmemStore write --server IP:PORT --client-id N [--records M] [--window W] [--interval-ms MS] [--timeout-s S] [--give-up-s S] [--device NAME] [--acked-log PATH]
           PmemStore verify FILE --acked ACKED-LOG... [--area-records R]
+          PmemStore verify-crash FILE --acked ACKED-LOG... [--area-records R]
           PmemStore snapshot FILE DEST
           PmemStore verify-snapshot SNAPSHOT... --acked ACKED-LOG... --taken-at NS... [--area-records R]
         serve leases FILE (created with (N + 1) * R * 4096 bytes) on FS-DAX and serves it over rdma_cm until Ctrl+C/SIGTERM;
-        write appends M records into client N's area with RDMA WRITE + FLUSH, across lease breaks; verify checks them.
+        write appends M records into client N's area with RDMA WRITE + FLUSH, across lease breaks; verify checks them;
+        verify-crash checks a store whose server machine crashed: every acknowledged record intact, every other page
+        empty, a whole record, or partial (counted, never taken for a record).
         snapshot reflinks the live FILE into the new file DEST (same XFS filesystem) while clients write; verify-snapshot
         checks each SNAPSHOT against the acked logs and its taken_at_ns (one --taken-at per SNAPSHOT, in order).
         """;

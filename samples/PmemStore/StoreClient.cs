@@ -7,7 +7,7 @@ namespace RdmaLease.PmemStore;
 
 /// <summary>What <c>PmemStore write</c> was asked to do.</summary>
 internal sealed record ClientOptions(IPEndPoint Server, string? Device, uint ClientId, int Records, int Window,
-    TimeSpan Interval, TimeSpan Timeout, string? AckedLog);
+    TimeSpan Interval, TimeSpan Timeout, string? AckedLog, TimeSpan? GiveUp = null);
 
 /// <summary>
 /// Appends records 0..N-1 into this client's area, the grant the server accepted it with: RDMA WRITE, then FLUSH (persistent) of the
@@ -27,6 +27,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
     readonly List<ulong> _ackOrder = [];
     readonly List<long> _ackTimes = [];   // CLOCK_MONOTONIC ns of each acknowledgement: a snapshot's verifier compares them
     int _resent, _connections;
+    AckedLog.Appender? _log;
 
     public async Task<int> RunAsync(CancellationToken ct)
     {
@@ -38,11 +39,22 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
         for (int s = 0; s < options.Records; s++)
             RecordFormat.Write(records.Span.Slice(s * RecordFormat.Size, RecordFormat.Size), options.ClientId, (ulong)s);
 
+        using var log = _log = options.AckedLog is { } path ? AckedLog.Append(path, options.ClientId) : null;
         var clock = Stopwatch.StartNew();
         var backoff = TimeSpan.FromMilliseconds(200);
         byte[] hello = Hello.Encode(options.ClientId);
+        // --give-up-s: how long the client goes on without a working connection (its server gone) before it says so.
+        var lastProgress = Stopwatch.StartNew();
+        string? lastError = null;
         while (_ackOrder.Count < options.Records && clock.Elapsed < options.Timeout)
         {
+            if (options.GiveUp is { } giveUp && lastProgress.Elapsed > giveUp)
+            {
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"PmemStore write: client {options.ClientId}: giving up: no record acknowledged for {lastProgress.Elapsed.TotalSeconds:0.0} s (--give-up-s {giveUp.TotalSeconds:0}); last error: {lastError ?? "none"}. Is the server at {options.Server} running?"));
+                break;
+            }
+            int ackedBefore = _ackOrder.Count;
             using var qp = pd.CreateQueuePair(new QueuePairOptions
             {
                 SendCompletionQueue = cq, ReceiveCompletionQueue = cq,
@@ -69,6 +81,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
             }
             catch (Exception e) when (e is RdmaConnectionException or VerbsException or TimeoutException or ConnectionLostException or LeaseGoneException)
             {
+                lastError = $"{e.GetType().Name}: {e.Message}";
                 output.WriteLine($"PmemStore write: client {options.ClientId}: connection lost ({e.GetType().Name}: {e.Message}); reconnecting in {backoff.TotalMilliseconds:0} ms");
             }
             finally
@@ -76,6 +89,8 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
                 conn?.Dispose();   // QP to error, rdma_cm id destroyed; the QP itself goes with the using
             }
             Drain(cq);   // completions of the dead QP must not count for the next one
+            if (_ackOrder.Count > ackedBefore)
+                lastProgress.Restart();
             if (_ackOrder.Count < options.Records)
             {
                 await Task.Delay(backoff, ct).ConfigureAwait(false);
@@ -83,8 +98,6 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
             }
         }
 
-        if (options.AckedLog is { } path)
-            new AckedLog(options.ClientId, _ackOrder, _ackTimes).Save(path);
         output.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"PmemStore write: client {options.ClientId}: {options.Records} records, {_ackOrder.Count} acknowledged, {_resent} resent, {_connections} connections, {clock.Elapsed.TotalSeconds:0.0} s"));
         return _ackOrder.Count == options.Records ? 0 : 1;
@@ -152,6 +165,7 @@ internal sealed class StoreClient(ClientOptions options, TextWriter output)
                     _acked[s] = true;
                     _ackOrder.Add((ulong)s);
                     _ackTimes.Add(AckedLog.NowNs());
+                    _log?.Add((ulong)s, _ackTimes[^1]);
                     if (_ackOrder.Count % 10 == 0)
                         output.WriteLine($"PmemStore write: client {options.ClientId}: progress: {_ackOrder.Count} acknowledged");
                 }

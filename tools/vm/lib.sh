@@ -215,20 +215,43 @@ rl_module_order() {
 #   --out DIR       the writable share (mounted at /mnt/out); default: a new temp dir
 #   --memory M      guest RAM in MiB (default 3072)
 #   --share DIR     a host folder of the user's, mounted read-write at /mnt/share in the guest
-# The guest's exit status becomes ours; on failure the tail of the guest console is printed.
+#   --node I        one of two node guests (I = 0 or 1): link address 203.0.113.(I+1), rxe device rxenode on it
+#   --link listen:PORT | connect:PORT | udp:LOCALPORT:REMOTEPORT
+#                   the node's only NIC: a QEMU socket netdev on 127.0.0.1, over TCP (listen first, then connect)
+#                   or UDP (each node sends to the other's port)
+#   --pmem DIR      keep the NVDIMM backing files in DIR (made when missing, never removed): a node booted again
+#                   on the same DIR mounts the filesystems it left there (XFS recovers its log) instead of making them
+#   --lean          only what the two-node tests use: XFS on FS-DAX, rdma_cm, rxenode; no rxelo, veth pair, rxecm or ext4
+# QEMU's pid is written to OUT/qemu.pid (a node's crash test kills it). The guest's exit status becomes ours; on
+# failure the tail of the guest console is printed.
 rl_run_vm() {
     local timeout=900 out="" mem=3072 abi user_share="" share_args=() append_share=""
+    local node="" link="" keep_pmem="" net_args=() lean=""
     while [ $# -gt 0 ]; do
         case $1 in
             --timeout) timeout=$2; shift 2 ;;
             --out) out=$2; shift 2 ;;
             --memory) mem=$2; shift 2 ;;
             --share) user_share=$2; shift 2 ;;
+            --node) node=$2; shift 2 ;;
+            --link) link=$2; shift 2 ;;
+            --pmem) keep_pmem=$2; shift 2 ;;
+            --lean) lean=1; shift ;;
             --) shift; break ;;
             *) echo "rl_run_vm: unknown option $1" >&2; return 2 ;;
         esac
     done
     [ $# -gt 0 ] || { echo "rl_run_vm: no command given" >&2; return 2; }
+    if [ -n "$node" ]; then
+        [[ $node =~ ^[01]$ ]] || { echo "rl_run_vm: --node must be 0 or 1, got '$node'" >&2; return 2; }
+        # 127.0.0.1 only: the link reaches the other node's QEMU and nothing else.
+        local netdev
+        if [[ $link =~ ^(listen|connect):[0-9]+$ ]]; then netdev="socket,id=n0,${link%%:*}=127.0.0.1:${link#*:}"
+        elif [[ $link =~ ^udp:([0-9]+):([0-9]+)$ ]]; then
+            netdev="socket,id=n0,localaddr=127.0.0.1:${BASH_REMATCH[1]},udp=127.0.0.1:${BASH_REMATCH[2]}"
+        else echo "rl_run_vm: --node needs --link listen:PORT, connect:PORT or udp:LOCALPORT:REMOTEPORT, got '$link'" >&2; return 2; fi
+        net_args=(-netdev "$netdev" -device "virtio-net-pci,netdev=n0,mac=52:54:00:52:4c:0$((node + 1))")
+    fi
     abi=$(cat "$RL_CACHE/kernel/current" 2>/dev/null) || { echo "no guest kernel prepared: run ./build.sh setup" >&2; return 1; }
     local kdir=$RL_CACHE/kernel/$abi root=$RL_CACHE/rootfs-$RL_GUEST_SUITE
     [ -n "$out" ] || out=$(mktemp -d /tmp/rdma-lease-vm.XXXXXX)
@@ -237,8 +260,18 @@ rl_run_vm() {
     # unless RDMA_LEASE_XFS_SIZE says otherwise (whole GiB: 2G holds the 1 GiB point of the snapshot measurements).
     local xfs_size=${RDMA_LEASE_XFS_SIZE:-1G}
     [[ $xfs_size =~ ^[1-9][0-9]*G$ ]] || { echo "rl_run_vm: RDMA_LEASE_XFS_SIZE must be whole GiB like 2G, got '$xfs_size'" >&2; return 2; }
-    local pmemdir; pmemdir=$(mktemp -d /tmp/rdma-lease-pmem.XXXXXX)
-    truncate -s "$xfs_size" "$pmemdir/pmem0.img"; truncate -s 512M "$pmemdir/pmem1.img"
+    local pmemdir append_node=""
+    [ -z "$node" ] || append_node=" rl_node=$node"
+    [ -z "$lean" ] || append_node+=" rl_lean=1"
+    if [ -n "$keep_pmem" ]; then
+        pmemdir=$keep_pmem; mkdir -p "$pmemdir"
+        [ -f "$pmemdir/pmem0.img" ] && append_node+=" rl_keep_pmem=1"
+        [ -f "$pmemdir/pmem0.img" ] || truncate -s "$xfs_size" "$pmemdir/pmem0.img"
+        [ -f "$pmemdir/pmem1.img" ] || truncate -s 512M "$pmemdir/pmem1.img"
+    else
+        pmemdir=$(mktemp -d /tmp/rdma-lease-pmem.XXXXXX)
+        truncate -s "$xfs_size" "$pmemdir/pmem0.img"; truncate -s 512M "$pmemdir/pmem1.img"
+    fi
     echo "$*" > "$out/command"   # like ssh: the words are joined into one shell command
     local share="security_model=none,multidevs=remap"
     if [ -n "$user_share" ]; then
@@ -248,14 +281,14 @@ rl_run_vm() {
     fi
     local dotnet_root; dotnet_root=$(dirname "$(readlink -f "$(command -v dotnet)")")
     local console=$out/console.log
-    rl_log "guest: booting $abi (timeout ${timeout}s, console in $console)"
+    rl_log "guest${node:+ node $node}: booting $abi (timeout ${timeout}s, console in $console)"
     local t0=$SECONDS rc
     timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
         -machine q35,nvdimm=on -accel tcg -cpu max,smap=off -smp "${RDMA_LEASE_GUEST_CPUS:-1}" \
         -m "${mem}M,slots=2,maxmem=$((mem + ${xfs_size%G} * 1024 + 1024))M" \
-        -nographic -no-reboot -nic none -serial "file:$console" -monitor none \
+        -nographic -no-reboot -nic none "${net_args[@]}" -serial "file:$console" -monitor none -pidfile "$out/qemu.pid" \
         -kernel "$kdir/usr/lib/modules/$abi/vmlinuz" -initrd "$kdir/initramfs.cpio.gz" \
-        -append "console=ttyS0 quiet panic=-1 rl_modules=/mnt/kernel/usr$append_share" \
+        -append "console=ttyS0 quiet panic=-1 rl_modules=/mnt/kernel/usr$append_share$append_node" \
         -object memory-backend-file,id=mem0,share=on,mem-path=$pmemdir/pmem0.img,size=$xfs_size -device nvdimm,id=nv0,memdev=mem0 \
         -object memory-backend-file,id=mem1,share=on,mem-path=$pmemdir/pmem1.img,size=512M -device nvdimm,id=nv1,memdev=mem1 \
         -virtfs "local,path=$root,mount_tag=rootfs,$share,readonly=on" \
@@ -265,8 +298,10 @@ rl_run_vm() {
         -virtfs "local,path=$out,mount_tag=out,$share" "${share_args[@]}" \
         </dev/null >/dev/null 2>"$out/qemu.err"
     rc=$?
-    rm -rf "$pmemdir"
-    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    [ -n "$keep_pmem" ] || rm -rf "$pmemdir"
+    if [ $rc -eq 137 ] && [ $((SECONDS - t0)) -lt "$timeout" ] && [ ! -f "$out/exit-status" ]; then
+        echo "guest${node:+ node $node}: QEMU was killed (SIGKILL) after $((SECONDS - t0)) s" >&2
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
         echo "guest: timed out after ${timeout}s" >&2
         rc=124
     elif [ -f "$out/exit-status" ]; then
@@ -276,11 +311,32 @@ rl_run_vm() {
         cat "$out/qemu.err" >&2
         rc=125
     fi
-    rl_log "guest: finished with status $rc after $((SECONDS - t0)) s"
+    rl_log "guest${node:+ node $node}: finished with status $rc after $((SECONDS - t0)) s"
     if [ "$rc" != 0 ]; then
         echo "---- last 60 lines of the guest console ($console) ----" >&2
         tail -n 60 "$console" >&2
         echo "----" >&2
     fi
     return "$rc"
+}
+
+# rl_free_port: a port nobody uses on this machine now, for TCP or UDP (for the nodes' socket link).
+rl_free_port() {
+    local p i
+    for i in $(seq 50); do
+        p=$((20000 + RANDOM % 30000))
+        ss -Htuan "sport = :$p" | grep -q . || { echo "$p"; return 0; }
+    done
+    echo "rl_free_port: no free port found" >&2; return 1
+}
+
+# rl_wait_listen PORT PID S: wait until something listens on 127.0.0.1:PORT (node 0's QEMU, PID), at most S seconds.
+rl_wait_listen() {
+    local port=$1 pid=$2 i
+    for i in $(seq $(($3 * 10))); do
+        ss -Htln "sport = :$port" | grep -q . && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "node 0's QEMU exited before listening on port $port" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$port after $3 s" >&2; return 1
 }

@@ -45,6 +45,32 @@ public class GuestHarnessTests
         Assert.That(rc, Is.Zero, err);
     }
 
+    // A node guest's link is checked before anything is made or booted (docs/testing.md, "Two nodes").
+    [TestCase("--node 2 --link udp:1:2", "--node must be 0 or 1, got '2'")]
+    [TestCase("--node 0", "--node needs --link listen:PORT, connect:PORT or udp:LOCALPORT:REMOTEPORT, got ''")]
+    [TestCase("--node 1 --link udp:1", "got 'udp:1'")]
+    [TestCase("--node 1 --link listen:127.0.0.1:5", "got 'listen:127.0.0.1:5'")]
+    public void RefusesABadNodeOrLink(string options, string message)
+    {
+        var (rc, _, err) = RunLib($"rl_run_vm {options} -- true");
+        Assert.That(rc, Is.EqualTo(2), err);
+        Assert.That(err, Does.Contain(message));
+    }
+
+    [Test]
+    public void FreePortIsFreeForTcpAndUdp()
+    {
+        var (rc, port, err) = RunLib("rl_free_port");
+        Assert.That(rc, Is.Zero, err);
+        int p = int.Parse(port, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.That(p, Is.InRange(20000, 49999));
+        // Both kinds of socket can bind it on 127.0.0.1 (nothing else holds it a moment later).
+        using var tcp = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, p);
+        tcp.Start();
+        using var udp = new System.Net.Sockets.UdpClient(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, p));
+        tcp.Stop();
+    }
+
     [Test]
     public void ParsesDeb822Sources()
     {

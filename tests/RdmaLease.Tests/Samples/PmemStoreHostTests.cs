@@ -45,6 +45,40 @@ public class PmemStoreHostTests
         Assert.That(PmemStoreSample.VerifyTotal(ok.Stdout), Is.EqualTo((6L, 6L, 0L, 0L)));
     }
 
+    // What a crash of the server's machine can leave (docs/pmem-store.md, "Crash durability"): acknowledged records,
+    // unacknowledged ones that landed whole, a torn page (a record's first cache line, the rest still zeros), and empty
+    // pages. verify-crash counts the torn page as partial, never as a record, and fails only on a lost acknowledgement.
+    [Test]
+    public void VerifyCrashCountsLostWholeAndPartialRecords()
+    {
+        using var dir = LeaseTestSupport.CreateTempDir(Path.GetTempPath());
+        const int AreaRecords = 8;
+        var file = new byte[2 * AreaRecords * Page];
+        for (ulong s = 0; s < 5; s++)
+            DocumentedRecord(0, s).CopyTo(file.AsSpan((int)s * Page));
+        // Record 5 torn: only its first cache line landed (its 105-byte payload runs past it).
+        DocumentedRecord(0, 5).AsSpan(0, 64).CopyTo(file.AsSpan(5 * Page));
+        File.WriteAllBytes(dir.File("store"), file);
+        WriteLog(dir.File("c0"), 0, [0, 1, 2]);        // 3 and 4 landed whole, unacknowledged
+
+        var ok = PmemStoreSample.Run("verify-crash", dir.File("store"), "--acked", dir.File("c0"), "--area-records", "8");
+        Assert.Multiple(() =>
+        {
+            Assert.That(ok.ExitCode, Is.Zero, ok.Output);
+            Assert.That(ok.Stdout, Does.Contain("PmemStore verify-crash: 3 acknowledged, 0 acknowledged lost; 2 unacknowledged found whole, 1 unacknowledged found partial"), ok.Output);
+            Assert.That(ok.Stdout, Does.Contain("client 0 record 5 (never acknowledged) is partial"), ok.Output);
+        });
+
+        WriteLog(dir.File("c0"), 0, [0, 1, 2, 5, 6]);  // the torn record and an empty page acknowledged: both lost
+        var lost = PmemStoreSample.Run("verify-crash", dir.File("store"), "--acked", dir.File("c0"), "--area-records", "8");
+        Assert.Multiple(() =>
+        {
+            Assert.That(lost.ExitCode, Is.EqualTo(1), lost.Output);
+            Assert.That(lost.Stdout, Does.Contain("5 acknowledged, 2 acknowledged lost; 2 unacknowledged found whole, 0 unacknowledged found partial"), lost.Output);
+            Assert.That(lost.Stdout, Does.Contain("record 5 was acknowledged and is corrupt: LOST").And.Contain("record 6 was acknowledged and is missing: LOST"), lost.Output);
+        });
+    }
+
     [Test]
     public void VerifyPastTheEndOfTheFileCountsMissing()
     {
