@@ -1,4 +1,4 @@
-// Helpers shared by the C twins of the registration and lease-break benchmarks (reg_cost.c, lease_holder.c):
+// Helpers shared by the C twins of the benchmarks (verbs_cost.c, reg_cost.c, lease_holder.c):
 // the device, an RC loopback pair on it (GID index 1, path MTU 4096) and the clock the C# side uses (CLOCK_MONOTONIC).
 #ifndef BENCH_COMMON_H
 #define BENCH_COMMON_H

@@ -6,21 +6,8 @@
 // benchmarks/guest/suites/percall.sh turns the lines into rows of results.csv. A case the C# side measures in
 // several forms (e.g. poll_empty and poll_empty_poller) is measured here once per form, so each has its own C figure.
 #include <errno.h>
-#include <infiniband/verbs.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#define CHECK(c, what) do { if (!(c)) { perror(what); exit(2); } } while (0)
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+#include "bench_common.h"
 
 #define REPEATS 5      // each figure is the median of this many runs of its loop
 #define POST_BATCH 32  // posts timed together (the send queue holds 64)
@@ -48,40 +35,11 @@ static void drain(struct ibv_cq *cq, int count, struct ibv_wc *wc)
     }
 }
 
-static struct ibv_qp *make_qp(struct ibv_pd *pd, struct ibv_cq *cq)
-{
-    struct ibv_qp_init_attr ia = { .send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_RC,
-        .cap = { .max_send_wr = 64, .max_recv_wr = 64, .max_send_sge = 1, .max_recv_sge = 1 } };
-    struct ibv_qp *qp = ibv_create_qp(pd, &ia);
-    CHECK(qp, "ibv_create_qp");
-    struct ibv_qp_attr a = { .qp_state = IBV_QPS_INIT, .port_num = 1,
-        .qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_LOCAL_WRITE };
-    CHECK(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS) == 0, "INIT");
-    return qp;
-}
-
-static void connect_qp(struct ibv_context *ctx, struct ibv_qp *qp, uint32_t dest)
-{
-    struct ibv_qp_attr a = { .qp_state = IBV_QPS_RTR, .path_mtu = IBV_MTU_4096, .dest_qp_num = dest,
-        .max_dest_rd_atomic = 1, .min_rnr_timer = 1,
-        .ah_attr = { .is_global = 1, .port_num = 1, .grh = { .sgid_index = 1, .hop_limit = 64 } } };
-    CHECK(ibv_query_gid(ctx, 1, 1, &a.ah_attr.grh.dgid) == 0, "ibv_query_gid");
-    CHECK(ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN
-                        | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER) == 0, "RTR");
-    struct ibv_qp_attr s = { .qp_state = IBV_QPS_RTS, .timeout = 14, .retry_cnt = 7, .rnr_retry = 7, .max_rd_atomic = 1 };
-    CHECK(ibv_modify_qp(qp, &s, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY
-                        | IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC) == 0, "RTS");
-}
-
 int main(int argc, char **argv)
 {
     if (argc != 3) { fprintf(stderr, "usage: %s DEVICE ITERATIONS\n", argv[0]); return 2; }
     long iterations = atol(argv[2]);
-    struct ibv_device **list = ibv_get_device_list(NULL);
-    struct ibv_context *ctx = NULL;
-    for (int i = 0; list && list[i]; i++)
-        if (strcmp(ibv_get_device_name(list[i]), argv[1]) == 0) ctx = ibv_open_device(list[i]);
-    CHECK(ctx, "open device");
+    struct ibv_context *ctx = open_device(argv[1]);
     struct ibv_pd *pd = ibv_alloc_pd(ctx);
     struct ibv_cq *cq = ibv_create_cq(ctx, 256, NULL, NULL, 0);
     CHECK(pd && cq, "pd/cq");
@@ -172,6 +130,6 @@ int main(int argc, char **argv)
     }
 
     ibv_destroy_qp(a); ibv_destroy_qp(b); ibv_dereg_mr(mr); ibv_destroy_cq(cq);
-    ibv_dealloc_pd(pd); ibv_close_device(ctx); ibv_free_device_list(list); free(buf);
+    ibv_dealloc_pd(pd); ibv_close_device(ctx); free(buf);
     return 0;
 }

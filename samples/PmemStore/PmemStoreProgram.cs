@@ -100,42 +100,29 @@ public static class PmemStoreProgram
         }
     }
 
-    static int Verify(CommandLine cl)
-    {
-        string file = cl.Operand("FILE");
-        var logs = cl.All("acked");
-        if (logs.Count == 0)
-            throw new UsageException("verify: give at least one --acked LOG (written by 'PmemStore write --acked-log')");
-        ulong area = (ulong)cl.Number("area-records", 1024, 1, 1 << 20) * RecordFormat.Size;
-        try
-        {
-            var loaded = logs.Select(AckedLog.Load).ToList();
-            using var handle = File.OpenHandle(file);
-            return Verifier.Verify(loaded, area, Verifier.ReadFrom(handle), Console.Out).Ok ? 0 : 1;
-        }
-        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException)
-        {
-            Console.Error.WriteLine($"PmemStore verify: {e.Message}");
-            return 1;
-        }
-    }
+    static int Verify(CommandLine cl) =>
+        VerifyAgainstLogs(cl, "verify", (logs, area, records) => Verifier.Verify(logs, area, records, Console.Out).Ok);
 
-    static int VerifyCrash(CommandLine cl)
+    static int VerifyCrash(CommandLine cl) =>
+        VerifyAgainstLogs(cl, "verify-crash", (logs, area, records) => CrashVerifier.Verify(logs, area, records, Console.Out).Ok);
+
+    /// <summary>verify and verify-crash: FILE and its clients' acked logs, read and handed to <paramref name="verify"/>.</summary>
+    static int VerifyAgainstLogs(CommandLine cl, string verb, Func<List<AckedLog>, ulong, Func<long, byte[]>, bool> verify)
     {
         string file = cl.Operand("FILE");
         var logs = cl.All("acked");
         if (logs.Count == 0)
-            throw new UsageException("verify-crash: give at least one --acked LOG (written by 'PmemStore write --acked-log')");
+            throw new UsageException($"{verb}: give at least one --acked LOG (written by 'PmemStore write --acked-log')");
         ulong area = (ulong)cl.Number("area-records", 1024, 1, 1 << 20) * RecordFormat.Size;
         try
         {
             var loaded = logs.Select(AckedLog.Load).ToList();
             using var handle = File.OpenHandle(file);
-            return CrashVerifier.Verify(loaded, area, Verifier.ReadFrom(handle), Console.Out).Ok ? 0 : 1;
+            return verify(loaded, area, Verifier.ReadFrom(handle)) ? 0 : 1;
         }
         catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException)
         {
-            Console.Error.WriteLine($"PmemStore verify-crash: {e.Message}");
+            Console.Error.WriteLine($"PmemStore {verb}: {e.Message}");
             return 1;
         }
     }
