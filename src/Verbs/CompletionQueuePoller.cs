@@ -31,7 +31,7 @@ public readonly ref struct CompletionQueuePoller
 {
     readonly CompletionQueue _cq;
     readonly HeldReference _held;
-    readonly int _generation;
+    readonly long _generation;
 
     internal CompletionQueuePoller(CompletionQueue cq)
     {
@@ -54,7 +54,9 @@ public readonly ref struct CompletionQueuePoller
     {
         if (_held is null || !_held.IsOpen(_generation) || _cq.HandleForChildren.DisposeRequested)
             ThrowClosed();   // out of line: the exception's building would otherwise enlarge every poll's frame
-        return _cq.PollHeld(_held.Pointer, completions);
+        int n = _cq.PollHeld(_held.Pointer, completions);
+        GC.KeepAlive(_held);   // a forgotten scope's ticket is finalized only once no call uses its pointer
+        return n;
     }
 
     /// <summary>Gives the CQ's reference back (once, however often it is called).</summary>

@@ -27,7 +27,7 @@ public readonly ref struct QueuePairPoster
 {
     readonly QueuePair _qp;
     readonly HeldReference _held;
-    readonly int _generation;
+    readonly long _generation;
 
     internal QueuePairPoster(QueuePair qp)
     {
@@ -41,23 +41,35 @@ public readonly ref struct QueuePairPoster
     /// <summary>As <see cref="QueuePair.PostWrite"/>.</summary>
     /// <exception cref="ObjectDisposedException">The poster or the QP was disposed.</exception>
     public void PostWrite(ulong workRequestId, LocalSegment source, RemoteRegion target, ulong targetOffset = 0,
-        SendFlags flags = SendFlags.Signaled, uint? immediate = null) =>
+        SendFlags flags = SendFlags.Signaled, uint? immediate = null)
+    {
         _qp.PostWriteHeld(Held(), workRequestId, source, target, targetOffset, flags, immediate);
+        GC.KeepAlive(_held);   // a forgotten scope's ticket is finalized only once no call uses its pointer
+    }
 
     /// <summary>As <see cref="QueuePair.PostRead"/>.</summary>
     /// <exception cref="ObjectDisposedException">The poster or the QP was disposed.</exception>
-    public void PostRead(ulong workRequestId, LocalSegment destination, RemoteRegion source, ulong sourceOffset = 0, SendFlags flags = SendFlags.Signaled) =>
+    public void PostRead(ulong workRequestId, LocalSegment destination, RemoteRegion source, ulong sourceOffset = 0, SendFlags flags = SendFlags.Signaled)
+    {
         _qp.PostReadHeld(Held(), workRequestId, destination, source, sourceOffset, flags);
+        GC.KeepAlive(_held);
+    }
 
     /// <summary>As <see cref="QueuePair.PostSend(ulong, LocalSegment, SendFlags, uint?)"/> (a connected QP).</summary>
     /// <exception cref="ObjectDisposedException">The poster or the QP was disposed.</exception>
-    public void PostSend(ulong workRequestId, LocalSegment data, SendFlags flags = SendFlags.Signaled, uint? immediate = null) =>
+    public void PostSend(ulong workRequestId, LocalSegment data, SendFlags flags = SendFlags.Signaled, uint? immediate = null)
+    {
         _qp.PostSendHeld(Held(), workRequestId, data, flags, immediate);
+        GC.KeepAlive(_held);
+    }
 
     /// <summary>As <see cref="QueuePair.PostReceive(ulong, LocalSegment)"/>.</summary>
     /// <exception cref="ObjectDisposedException">The poster or the QP was disposed.</exception>
-    public void PostReceive(ulong workRequestId, LocalSegment buffer) =>
+    public void PostReceive(ulong workRequestId, LocalSegment buffer)
+    {
         _qp.PostReceiveHeld(Held(), workRequestId, buffer);
+        GC.KeepAlive(_held);
+    }
 
     /// <summary>As <see cref="SendBatch.Post"/> for a batch started on this poster's QP (and empties it the same way).</summary>
     /// <exception cref="ArgumentException">The batch was started on another QP.</exception>
@@ -68,6 +80,7 @@ public readonly ref struct QueuePairPoster
         if (batch.Owner != _qp)
             throw new ArgumentException($"The batch was started on {(object?)batch.Owner ?? "no QP"}, not on {_qp}: post it there.", nameof(batch));
         batch.PostHeld(qp);
+        GC.KeepAlive(_held);
     }
 
     /// <summary>Gives the QP's reference back (once, however often it is called).</summary>

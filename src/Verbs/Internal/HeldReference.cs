@@ -8,7 +8,11 @@ namespace RdmaLease.Verbs.Internal;
 /// between do no reference counting. The scope is a <c>ref struct</c> (it cannot leave its thread) holding this ticket
 /// and the generation it was opened with; closing bumps the generation, so every copy of the scope is closed at once
 /// and the reference is given back exactly once, however many copies are disposed. Closed tickets are kept per thread
-/// and reused, so opening a scope allocates nothing in steady state.
+/// and reused, so opening a scope allocates nothing in steady state. The generation is a long: an int came round again
+/// after 2^32 opens on one thread (minutes of a loop that opens a scope per batch), and a stale copy then closed the
+/// scope open at the time. A scope never disposed gives its reference back when the GC finds its ticket unreachable
+/// (the finalizer), so a forgotten scope defers the native destroy instead of leaking the kernel object; the scopes
+/// keep the ticket alive across each native call (GC.KeepAlive) so that never happens under a call.
 /// </summary>
 internal sealed class HeldReference
 {
@@ -16,13 +20,13 @@ internal sealed class HeldReference
 
     SafeHandle? _handle;
     HeldReference? _nextFree;
-    int _generation;
+    long _generation;
 
     /// <summary>The native pointer while open (0 once closed).</summary>
     public nint Pointer { get; private set; }
 
     /// <summary>Takes a reference on <paramref name="handle"/> (ObjectDisposedException once it is disposed).</summary>
-    public static HeldReference Open(NativeHandle handle, out int generation)
+    public static HeldReference Open(NativeHandle handle, out long generation)
     {
         var scope = handle.Enter();   // the reference this ticket holds until Close
         var ticket = t_free ?? new HeldReference();
@@ -35,10 +39,10 @@ internal sealed class HeldReference
     }
 
     /// <summary>Whether the scope opened with <paramref name="generation"/> is still open.</summary>
-    public bool IsOpen(int generation) => _generation == generation;
+    public bool IsOpen(long generation) => _generation == generation;
 
     /// <summary>Gives the reference back if the scope opened with <paramref name="generation"/> is still open.</summary>
-    public void Close(int generation)
+    public void Close(long generation)
     {
         if (_generation != generation)
             return;   // a copy of the scope closed it already
@@ -49,5 +53,12 @@ internal sealed class HeldReference
         _nextFree = t_free;
         t_free = this;
         handle.DangerousRelease();
+    }
+
+    /// <summary>A scope that was never disposed: its reference is given back here (nothing can reach the ticket any more).</summary>
+    ~HeldReference()
+    {
+        if (_handle is { } handle)
+            handle.DangerousRelease();
     }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using RdmaLease.Verbs;
 
 namespace RdmaLease.Tests.Verbs;
@@ -80,6 +81,39 @@ public class HotPathScopeTests
         poller.Dispose();
         Assert.That(KernelView.RdmaResources("cq"), Has.Count.EqualTo(before), "destroyed when the poller ended");
         poller.Dispose();
+    }
+
+    /// <summary>
+    /// A poller and a poster that were never disposed (no using): the CQ's and QP's Dispose return, and once the GC has
+    /// found the scopes' tickets unreachable the kernel's own list shows both objects gone. Before, they stayed in
+    /// `rdma resource show` until the process ended (the scope's reference was never given back).
+    /// </summary>
+    [Test]
+    public void AForgottenPollerOrPosterDoesNotKeepTheKernelObjectsForever()
+    {
+        using var rig = new BatchRig();
+        int cqs = KernelView.RdmaResources("cq").Count, qps = KernelView.RdmaResources("qp").Count;
+        OpenAndForget(rig.CqA, rig.A);
+        rig.A.Dispose();
+        rig.CqA.Dispose();
+        Assert.That(KernelView.RdmaResources("qp"), Has.Count.EqualTo(qps), "precondition: the forgotten poster defers the QP's destroy");
+        Assert.That(KernelView.RdmaResources("cq"), Has.Count.EqualTo(cqs), "precondition: the forgotten poller defers the CQ's destroy");
+        for (int i = 0; i < 3; i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+        Assert.That(KernelView.RdmaResources("qp"), Has.Count.EqualTo(qps - 1), "a forgotten poster kept the QP");
+        Assert.That(KernelView.RdmaResources("cq"), Has.Count.EqualTo(cqs - 1), "a forgotten poller kept the CQ");
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    static void OpenAndForget(CompletionQueue cq, QueuePair qp)
+    {
+        var poller = cq.OpenPoller();
+        Assert.That(poller.Poll(new WorkCompletion[1]), Is.Zero);
+        var poster = qp.OpenPoster();
+        Assert.That(poster.QueuePair, Is.SameAs(qp));
     }
 
     [Test]
