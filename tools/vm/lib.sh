@@ -255,7 +255,7 @@ rl_run_vm() {
     abi=$(cat "$RL_CACHE/kernel/current" 2>/dev/null) || { echo "no guest kernel prepared: run ./build.sh setup" >&2; return 1; }
     local kdir=$RL_CACHE/kernel/$abi root=$RL_CACHE/rootfs-$RL_GUEST_SUITE
     [ -n "$out" ] || out=$(mktemp -d /tmp/rdma-lease-vm.XXXXXX)
-    mkdir -p "$out"; rm -f "$out/exit-status"
+    mkdir -p "$out"; rm -f "$out/exit-status" "$out/qemu.pid"
     # Sparse backing files: a fresh, empty NVDIMM every run (XFS and ext4 DAX filesystems). The XFS one is 1 GiB
     # unless RDMA_LEASE_XFS_SIZE says otherwise (whole GiB: 2G holds the 1 GiB point of the snapshot measurements).
     local xfs_size=${RDMA_LEASE_XFS_SIZE:-1G}
