@@ -301,9 +301,15 @@ bench() {
     [[ $rounds =~ ^[1-9][0-9]*$ ]] || rl_die "bench: ROUNDS must be a positive whole number, got '$rounds'"
     local out=$RL_REPO/artifacts/bench/run report=${RDMA_LEASE_BENCH_REPORT:-} attempt rc
     [ -n "$report" ] || { [ "$quick" = 1 ] && report=$RL_REPO/artifacts/bench/report || report=$RL_REPO/docs/benchmarks; }
-    local env="RDMA_LEASE_BENCH_QUICK=$quick RDMA_LEASE_BENCH_SUITES='${RDMA_LEASE_BENCH_SUITES:-}'"
-    env+=" RDMA_LEASE_BENCH_LABEL='${RDMA_LEASE_BENCH_LABEL:-development run}' RDMA_LEASE_BENCH_CONFIG=${CONFIG,,}"
-    env+=" RDMA_LEASE_BENCH_COMMAND='./build.sh bench $rounds (quick=$quick)'"
+    # Quoted for the guest's shell (a label may hold any character).
+    local env
+    env=$(printf 'RDMA_LEASE_BENCH_QUICK=%q RDMA_LEASE_BENCH_SUITES=%q RDMA_LEASE_BENCH_LABEL=%q RDMA_LEASE_BENCH_CONFIG=%q RDMA_LEASE_BENCH_COMMAND=%q' \
+        "$quick" "${RDMA_LEASE_BENCH_SUITES:-}" "${RDMA_LEASE_BENCH_LABEL:-development run}" "${CONFIG,,}" "./build.sh bench $rounds (quick=$quick)")
+    local knob
+    for knob in BREAKS FIRSTS; do   # the break suite's sizes, when set on the host
+        local v=RDMA_LEASE_BENCH_$knob
+        [ -z "${!v:-}" ] || env+=" $v=$(printf %q "${!v}")"
+    done
     for attempt in 1 2 3; do
         rm -rf "$out"; mkdir -p "$out"
         rc=0
