@@ -96,4 +96,30 @@ internal sealed class Generation(int number, DaxFile file, FileLease lease, IRea
         }
         return peers.Length;
     }
+
+    /// <summary>
+    /// Disposes the areas after <see cref="EndConnections"/>. An area the kernel did not confirm deregistered
+    /// (<see cref="RegionDeregistrationException"/>: on rxe, ibv_dereg_mr refused while it still counted a window) does
+    /// not end the server: the library has already put the area's file range behind an inaccessible placeholder and
+    /// given the lease back, and its client was disconnected with the others, so it is reported and the next
+    /// generation registers the area anew over the file's new mapping, once <see cref="LeasedMemoryRegion.RetryDeregistration"/>
+    /// has succeeded (until then the area keeps the old descriptor open, and no write lease can be taken). Returns the
+    /// areas that failed, by client id.
+    /// </summary>
+    public List<(uint Client, RegionDeregistrationException Error)> DisposeAreas()
+    {
+        var failed = new List<(uint, RegionDeregistrationException)>();
+        for (int c = 0; c < Areas.Count; c++)
+        {
+            try
+            {
+                Areas[c]?.Dispose();
+            }
+            catch (RegionDeregistrationException e)
+            {
+                failed.Add(((uint)c, e));
+            }
+        }
+        return failed;
+    }
 }

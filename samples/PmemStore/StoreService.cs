@@ -29,7 +29,10 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
     Generation? _current;
     TaskCompletionSource<Generation> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     CompletionQueue? _cq;
-    int _breaks, _accepted;
+    int _breaks, _accepted, _strandedAreas;
+    // Areas the kernel refused to deregister at a break: each keeps the old descriptor open, which stops a new write
+    // lease, until its deregistration succeeds (retried before every lease attempt).
+    readonly List<LeasedMemoryRegion> _stranded = [];
 
     static void Out(string line) => Console.Out.WriteLine("PmemStore serve: " + line);
 
@@ -71,8 +74,14 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
                 }
                 // The library has already revoked and deregistered the region and failed its QPs; what is left is ours.
                 int closed = gen.EndConnections();
-                foreach (var area in gen.Areas)
-                    area?.Dispose();
+                foreach (var (client, error) in gen.DisposeAreas())
+                {
+                    // Not fatal: the range is already cut off and the lease given back (Generation.DisposeAreas).
+                    Interlocked.Increment(ref _strandedAreas);
+                    _stranded.Add(gen.Areas[(int)client]!);
+                    Out($"break: client {client}'s area was not confirmed deregistered (errno {error.Errno}): {error.Message}; " +
+                        "its client was disconnected with the others; its deregistration is retried before each lease attempt, and the area is registered anew with the next lease");
+                }
                 gen.Lease.Dispose();
                 gen.File.Dispose();
                 int breaks = Interlocked.Increment(ref _breaks);
@@ -106,7 +115,8 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
         lock (_gate)
             gen = _current;
         int closed = gen?.EndConnections() ?? 0;
-        Out($"stopping: listener closed, {closed} connections closed; {_breaks} breaks, {_accepted} connections accepted in all");
+        Out($"stopping: listener closed, {closed} connections closed; {_breaks} breaks, {_accepted} connections accepted in all, " +
+            $"{_strandedAreas} areas not confirmed deregistered at a break");
         Out($"peer errors on standing grants (rdmalease.verbs.peer_errors by peer): {_peerErrors.Summary()}");
         if (options.VerifyLogs.Count > 0)
         {
@@ -147,6 +157,7 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
             DaxFile? file = null;
             FileLease? lease = null;
             var areas = new LeasedMemoryRegion?[options.Clients];
+            _stranded.RemoveAll(area => area.RetryDeregistration());
             try
             {
                 // Opened again every time: a truncate may have changed the size, and the mapping must match it.
@@ -173,7 +184,7 @@ internal sealed class StoreService(RdmaLeaseContext context, ServerOptions optio
                     area?.Dispose();
                 lease?.Dispose();
                 file?.Dispose();
-                Out($"generation {number}: lease not available yet ({e.Message}); retrying in {delay.TotalMilliseconds:0} ms");
+                Out($"generation {number}: lease not available yet ({e.Message}){(_stranded.Count > 0 ? $"; {_stranded.Count} areas of an earlier generation still not deregistered keep the file open" : "")}; retrying in {delay.TotalMilliseconds:0} ms");
                 await Task.Delay(delay, stop).ConfigureAwait(false);
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(1).Ticks));
             }

@@ -18,7 +18,7 @@ public static class LeaseDiagnostics
     /// <summary>The System.Diagnostics.Metrics meter publishing these counts.</summary>
     public const string MeterName = "RdmaLease.Leases";
 
-    private static long s_active, s_breaks, s_releases, s_deadlineWarnings, s_deadlineMisses, s_unconfirmed, s_failedDeregistrations,
+    private static long s_active, s_breaks, s_releases, s_deadlineWarnings, s_deadlineMisses, s_unconfirmed, s_failedDeregistrations, s_retriedDeregistrations,
         s_quarantines, s_handlerRestorations, s_watcherRestarts, s_sigio, s_spurious, s_dropped, s_foundByRescan, s_worstTicks;
 
     private static readonly Meter s_meter = new(MeterName, typeof(LeaseDiagnostics).Assembly.GetName().Version?.ToString());
@@ -34,6 +34,8 @@ public static class LeaseDiagnostics
             "Breaks released after lease-break-time (the kernel had removed the lease by force).");
         s_meter.CreateObservableCounter("rdmalease.leases.unconfirmed_deregistrations", () => UnconfirmedDeregistrations, "{region}",
             "Regions whose deregistration the kernel had not confirmed when their lease was given back.");
+        s_meter.CreateObservableCounter("rdmalease.leases.retried_deregistrations", () => RetriedDeregistrations, "{region}",
+            "Regions whose ibv_dereg_mr failed at first and succeeded when tried again during the teardown.");
     }
 
     /// <summary>Leases held now (granted and not yet given back).</summary>
@@ -62,6 +64,12 @@ public static class LeaseDiagnostics
 
     /// <summary>Of those, the ones where ibv_dereg_mr failed (rather than a post still holding the region).</summary>
     public static long FailedDeregistrations => Interlocked.Read(ref s_failedDeregistrations);
+
+    /// <summary>
+    /// Regions whose ibv_dereg_mr failed at first during a teardown and succeeded when tried again (after the windows
+    /// that were over them were deallocated); these are not counted as unconfirmed.
+    /// </summary>
+    public static long RetriedDeregistrations => Interlocked.Read(ref s_retriedDeregistrations);
 
     /// <summary>Protection domains quarantined because a pinned region in them could not be confirmed deregistered.</summary>
     public static long QuarantinedDomains => Interlocked.Read(ref s_quarantines);
@@ -129,6 +137,8 @@ public static class LeaseDiagnostics
         if (failed)
             Interlocked.Increment(ref s_failedDeregistrations);
     }
+
+    internal static void RecordRetriedDeregistration() => Interlocked.Increment(ref s_retriedDeregistrations);
 
     internal static void RecordQuarantine() => Interlocked.Increment(ref s_quarantines);
 

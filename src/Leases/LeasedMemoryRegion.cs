@@ -195,6 +195,26 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
             throw errors[0];
     }
 
+    /// <summary>
+    /// Tries ibv_dereg_mr again for a region the kernel refused to deregister (a <see cref="RegionDeregistrationException"/>
+    /// with an errno). Until it succeeds the region keeps its file range reserved and the file's descriptor open, so the
+    /// file cannot be leased again (a write lease needs the only open descriptor): call this before re-leasing. On success
+    /// both are released. Returns <see cref="IsDeregistered"/>; does nothing to a region not yet deregistered or one
+    /// whose deregistration is still waiting for a post.
+    /// </summary>
+    public bool RetryDeregistration()
+    {
+        lock (_gate)
+        {
+            if (_region.DeregistrationState == DestroyState.Failed && _region.HandleForChildren.RetryFailedDestroy())
+            {
+                Interlocked.Exchange(ref _deregistered, Stopwatch.GetTimestamp());
+                LeaseDiagnostics.RecordRetriedDeregistration();
+            }
+            return IsDeregistered;
+        }
+    }
+
     void ILeaseDependent.Revoke(LeaseRevokedException reason, List<Exception> errors)
     {
         lock (_gate)
@@ -238,7 +258,12 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
     /// </summary>
     private bool DeregisterLocked(long waitUntil, List<Exception> errors)
     {
+        // Taken before the region's Dispose closes them: rxe refuses ibv_dereg_mr (EINVAL) while it counts a window
+        // bound to the region, and a window whose handle a caller still holds is deallocated only when it lets go.
+        var windows = _region.ChildrenOf<MemoryWindow>();
         var state = _region.DeregisterAndWait(waitUntil);
+        if (state == DestroyState.Failed)
+            state = RetryAfterWindows(windows, waitUntil);
         if (state == DestroyState.Destroyed)
         {
             Interlocked.Exchange(ref _deregistered, Stopwatch.GetTimestamp());
@@ -246,7 +271,8 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
         }
         LeaseDiagnostics.RecordUnconfirmedDeregistration(state == DestroyState.Failed);
         string why = state == DestroyState.Failed
-            ? $"ibv_dereg_mr failed with {Verbs.Errno.Describe(_region.DeregistrationErrno)} after {NativeHandle.DestroyAttempts} attempts"
+            ? $"ibv_dereg_mr failed with {Verbs.Errno.Describe(_region.DeregistrationErrno)} after {_region.HandleForChildren.DestroyCalls} attempts " +
+              "(retried after the windows over it were deallocated)"
             : "a post still held the region when the wait ended (it is deregistered when that post returns)";
         string consequence;
         if (IsOnDemand)
@@ -263,6 +289,33 @@ public sealed unsafe class LeasedMemoryRegion : IDisposable, ILeaseDependent
         errors.Add(new RegionDeregistrationException(this, state == DestroyState.Failed ? _region.DeregistrationErrno : 0, $"{why}; {consequence}"));
         return false;
     }
+
+    /// <summary>
+    /// A failed ibv_dereg_mr, tried again: once the windows that were over the region are deallocated (a window whose
+    /// handle was still held is deallocated when it is given back), then a few times with short pauses, all before
+    /// <paramref name="waitUntil"/> (the bound a break already has) and within <see cref="RetryBudget"/>.
+    /// </summary>
+    private DestroyState RetryAfterWindows(List<MemoryWindow> windows, long waitUntil)
+    {
+        long until = Math.Min(waitUntil, Stopwatch.GetTimestamp() + (long)(RetryBudget.TotalSeconds * Stopwatch.Frequency));
+        foreach (var window in windows)
+            window.HandleForChildren.WaitForDestroy(until);
+        var handle = _region.HandleForChildren;
+        for (int pause = 1; ; pause *= 2)
+        {
+            if (handle.RetryFailedDestroy())
+            {
+                LeaseDiagnostics.RecordRetriedDeregistration();
+                return DestroyState.Destroyed;
+            }
+            if (Stopwatch.GetTimestamp() + pause * Stopwatch.Frequency / 1000 >= until)
+                return handle.DestroyState;
+            Thread.Sleep(pause);
+        }
+    }
+
+    /// <summary>How long a break spends retrying a failed deregistration at most (it is also bounded by half the lease-break time).</summary>
+    internal static TimeSpan RetryBudget { get; } = TimeSpan.FromMilliseconds(250);
 
     /// <inheritdoc/>
     public override string ToString() =>

@@ -146,6 +146,9 @@ internal sealed unsafe class NativeHandle : SafeHandle
     /// <summary>The outcome of the native destroy so far.</summary>
     public DestroyState DestroyState => (DestroyState)Volatile.Read(ref _destroyState);
 
+    /// <summary>How many times the native destroy was called (failed attempts and retries included).</summary>
+    public int DestroyCalls => Volatile.Read(ref _destroyCalls);
+
     /// <summary>The errno of the last failed native destroy (0 when none failed).</summary>
     public int DestroyErrno => Volatile.Read(ref _destroyErrno);
 
