@@ -63,15 +63,8 @@ public readonly ref struct CompletionQueuePoller
     public void Dispose() => _held?.Close(_generation);
 
     [DoesNotReturn]
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    void ThrowClosed()
-    {
-        if (_held is null)
-            throw NotOpened();
-        if (!_held.IsOpen(_generation))
-            throw new ObjectDisposedException($"a poller of {_cq}", "The poller was disposed: open another with OpenPoller().");
-        throw new ObjectDisposedException(_cq.ToString());
-    }
+    [MethodImpl(MethodImplOptions.NoInlining)]   // out of line: the exception's building would otherwise enlarge every call's frame
+    void ThrowClosed() => HeldReference.ThrowClosed(_held, _generation, _cq, "poller", "OpenPoller", NotOpened);
 
     static InvalidOperationException NotOpened() =>
         new("This CompletionQueuePoller was not opened: get one from CompletionQueue.OpenPoller().");

@@ -94,15 +94,8 @@ public readonly ref struct QueuePairPoster
     }
 
     [DoesNotReturn]
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    void ThrowClosed()
-    {
-        if (_held is null)
-            throw NotOpened();
-        if (!_held.IsOpen(_generation))
-            throw new ObjectDisposedException($"a poster of {_qp}", "The poster was disposed: open another with OpenPoster().");
-        throw new ObjectDisposedException(_qp.ToString());
-    }
+    [MethodImpl(MethodImplOptions.NoInlining)]   // out of line: the exception's building would otherwise enlarge every call's frame
+    void ThrowClosed() => HeldReference.ThrowClosed(_held, _generation, _qp, "poster", "OpenPoster", NotOpened);
 
     static InvalidOperationException NotOpened() =>
         new("This QueuePairPoster was not opened: get one from QueuePair.OpenPoster().");

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 
 namespace RdmaLease.Verbs.Internal;
@@ -53,6 +54,20 @@ internal sealed class HeldReference
         _nextFree = t_free;
         t_free = this;
         handle.DangerousRelease();
+    }
+
+    /// <summary>
+    /// Why a scope (poller or poster) cannot be used: never opened, disposed (this copy or another), or its object disposed
+    /// meanwhile. One place for both scopes' messages.
+    /// </summary>
+    [DoesNotReturn]
+    public static void ThrowClosed(HeldReference? held, long generation, object? owner, string kind, string opener, Func<InvalidOperationException> notOpened)
+    {
+        if (held is null)
+            throw notOpened();
+        if (!held.IsOpen(generation))
+            throw new ObjectDisposedException($"a {kind} of {owner}", $"The {kind} was disposed: open another with {opener}().");
+        throw new ObjectDisposedException(owner?.ToString());
     }
 
     /// <summary>A scope that was never disposed: its reference is given back here (nothing can reach the ticket any more).</summary>
